@@ -1,0 +1,1 @@
+"""{{ cookiecutter.project_name }}: a FastAPI service on a pooled SQLAlchemy async engine."""

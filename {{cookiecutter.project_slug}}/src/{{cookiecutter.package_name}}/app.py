@@ -1,0 +1,40 @@
+"""The application factory."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import health, routes
+from .database import DATABASE_ERRORS, Database
+from .models import Base
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(settings, Base.metadata)
+        app.state.database = database
+        logger.info("Database %s, pool %s", database.url, database.pool_status())
+        try:
+            await database.check()
+        except DATABASE_ERRORS as error:
+            # Start anyway: /health answers and /health/db reports 503 until the database
+            # is back, instead of an orchestrator restarting the process in a loop.
+            logger.error("Database %s unreachable at startup: %r", database.url, type(error))
+        try:
+            yield
+        finally:
+            # Closes every pooled connection while the event loop is still running.
+            await database.dispose()
+
+    app = FastAPI(title={{ cookiecutter.project_name | literal }}, lifespan=lifespan)
+    app.include_router(routes.router)
+    app.include_router(health.router)
+    return app

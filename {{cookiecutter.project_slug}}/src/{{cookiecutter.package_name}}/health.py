@@ -1,0 +1,67 @@
+"""Liveness and readiness checks.
+
+``/health`` answers without touching the database, so an orchestrator does not restart a
+healthy process because the database is down. ``/health/db`` runs ``SELECT 1`` through
+the pool (creating the tables first if the database was down at startup) and reports the
+pool's numbers.
+"""
+
+import logging
+
+from fastapi import APIRouter, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from .database import DATABASE_ERRORS, Database
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/health", tags=["health"])
+
+
+class PoolStatus(BaseModel):
+    size: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    max_overflow: int
+
+
+class DatabaseHealth(BaseModel):
+    status: str
+    dialect: str
+    driver: str
+    pool: PoolStatus
+    detail: str | None = None
+
+
+@router.get("")
+async def liveness() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/db",
+    response_model=DatabaseHealth,
+    responses={503: {"model": DatabaseHealth, "description": "The database cannot be reached"}},
+)
+async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
+    database: Database = request.app.state.database
+    try:
+        await database.check()
+    except DATABASE_ERRORS as error:
+        # The exception text can quote the URL; its type alone says enough without the password.
+        logger.warning("Database %s is unreachable: %s", database.url, type(error).__name__)
+        report = health_report(database, "unavailable", detail="the database cannot be reached")
+        return JSONResponse(report.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    return health_report(database, "ok")
+
+
+def health_report(database: Database, state: str, detail: str | None = None) -> DatabaseHealth:
+    return DatabaseHealth(
+        status=state,
+        dialect=database.url.get_backend_name(),
+        driver=database.url.get_driver_name(),
+        pool=PoolStatus(**database.pool_status()),
+        detail=detail,
+    )

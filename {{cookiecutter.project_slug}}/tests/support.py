@@ -1,0 +1,37 @@
+"""Helpers shared by the tests: test settings, the PostgreSQL switch, an in-process server."""
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.settings import Settings
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+USE_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
+
+requires_postgres = pytest.mark.skipif(
+    not USE_POSTGRES,
+    reason="needs PostgreSQL: set TEST_DATABASE_URL=postgresql+asyncpg://user@host:5432/dbname",
+)
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    """Settings for a test: the given values, then environment variables, never a local .env."""
+    return Settings(_env_file=None, database_url=database_url, **overrides)
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
+    """Run the app's lifespan and give a client that talks to it in-process."""
+    app = create_app(settings)
+    async with LifespanManager(app):
+        # raise_app_exceptions=False: a handler that raises gives a 500, as in production.
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://test") as client:
+            yield app, client

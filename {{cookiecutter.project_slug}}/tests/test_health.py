@@ -1,0 +1,54 @@
+import pytest
+from httpx import AsyncClient
+
+from .support import make_settings, serve
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_liveness_does_not_need_the_database(client: AsyncClient) -> None:
+    response = await client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readiness_reports_dialect_and_pool_numbers(
+    client: AsyncClient, database_url: str
+) -> None:
+    response = await client.get("/health/db")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["dialect"] == database_url.split("+")[0]
+    assert body["driver"] in {"asyncpg", "aiosqlite"}
+    pool = body["pool"]
+    assert pool["checked_out"] == 0  # the check's own connection is back
+    assert pool["checked_in"] >= 1
+    for number in ("size", "checked_out", "checked_in", "overflow", "max_overflow"):
+        assert isinstance(pool[number], int)
+
+
+@pytest.mark.parametrize(
+    "unreachable_url",
+    [
+        # Nothing listens on port 1: asyncpg raises a raw ConnectionRefusedError.
+        "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:1/app",
+        "sqlite+aiosqlite:///{tmp_path}/no-such-dir/app.db",
+    ],
+    ids=["postgres-refused", "sqlite-unopenable"],
+)
+async def test_app_starts_and_readiness_is_503_without_password_when_database_is_down(
+    unreachable_url: str, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(unreachable_url.format(tmp_path=tmp_path))
+    async with serve(settings) as (_, client):
+        response = await client.get("/health/db")
+        liveness = await client.get("/health")
+
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+    assert liveness.status_code == 200
+    assert "s3cret-pw" not in response.text
+    assert "s3cret-pw" not in caplog.text
