@@ -4,18 +4,15 @@ import json
 import sys
 from pathlib import Path
 
-ANSWERS = json.loads(
-    r"""
-{{ cookiecutter | tojson }}
-""".strip()
-)
-sys.path.insert(0, {{ template_dir | tojson }})
+# Answers arrive as JSON in a raw string (spaced from its quotes): data, never code.
+ANSWERS = json.loads(r""" {{ cookiecutter | tojson }} """)
+sys.path.insert(0, json.loads(r""" {{ template_dir | tojson }} """))
 
 from hooks.env_file import write_env_file  # noqa: E402
 
 project_dir = Path.cwd()
 if write_env_file(project_dir, ANSWERS["database_url"]):
-    print(f"The database password went to {project_dir / '.env'} (git-ignored), not to tracked files.")
+    print(f"The database password is in {project_dir / '.env'} (git-ignored), in no tracked file.")
 print(
     f"""
 Next steps:

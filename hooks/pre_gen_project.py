@@ -3,12 +3,9 @@
 import json
 import sys
 
-ANSWERS = json.loads(
-    r"""
-{{ cookiecutter | tojson }}
-""".strip()
-)
-sys.path.insert(0, {{ template_dir | tojson }})
+# Answers arrive as JSON in a raw string (spaced from its quotes): data, never code.
+ANSWERS = json.loads(r""" {{ cookiecutter | tojson }} """)
+sys.path.insert(0, json.loads(r""" {{ template_dir | tojson }} """))
 
 from hooks.validation import check_answers  # noqa: E402
 

@@ -2,7 +2,9 @@
 
 from hooks import database_url
 
-SUPPORTED_URL_FORMS = "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
+SUPPORTED_URL_FORMS = (
+    "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
+)
 SUPPORTED_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
 MAX_POOL_NUMBER = 10_000
 
@@ -35,8 +37,9 @@ def check_database_url(url: str) -> list[str]:
     if parsed is None:
         return [f"database_url: {url!r} is not a database URL; accepted: {SUPPORTED_URL_FORMS}"]
     if parsed.scheme not in SUPPORTED_SCHEMES:
+        driver = parsed.scheme
         return [
-            f"database_url: the driver {parsed.scheme!r} is not supported; accepted: {SUPPORTED_URL_FORMS}"
+            f"database_url: the driver {driver!r} is not supported; accepted: {SUPPORTED_URL_FORMS}"
         ]
     return []
 
@@ -44,7 +47,9 @@ def check_database_url(url: str) -> list[str]:
 def check_answers(answers: dict) -> list[str]:
     """Every problem with the answers, one line each, naming the variable and what is accepted."""
     return [
-        *check_integer("pool_size", answers["pool_size"], 1, f"a whole number from 1 to {MAX_POOL_NUMBER}"),
+        *check_integer(
+            "pool_size", answers["pool_size"], 1, f"a whole number from 1 to {MAX_POOL_NUMBER}"
+        ),
         *check_integer(
             "max_overflow",
             answers["max_overflow"],

@@ -1,1 +1,1 @@
-"""{{ cookiecutter.project_name }}: a FastAPI service on a pooled SQLAlchemy async engine."""
+"""A FastAPI service on a pooled SQLAlchemy async engine."""

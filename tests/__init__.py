@@ -1,0 +1,1 @@
+"""The template's own tests: bake variants and run what they bake."""

@@ -1,0 +1,44 @@
+"""The answers the template is baked with in tests, each variant named for what it tries."""
+
+import pytest
+
+POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+# A percent-encoded password with every character that needs it: @ : / % # ? $
+POSTGRES_PASSWORD = "p%40ss%3Aw%2Fo%25r%23d%3F%24"
+POSTGRES_URL_WITH_PASSWORD = f"postgresql+asyncpg://app:{POSTGRES_PASSWORD}@127.0.0.1:5432/app"
+
+VARIANTS = [
+    pytest.param({}, id="defaults-sqlite-file"),
+    pytest.param(
+        {"database_url": "sqlite+aiosqlite:///:memory:", "pool_pre_ping": False},
+        id="sqlite-memory-no-pre-ping",
+    ),
+    pytest.param(
+        {
+            "database_url": POSTGRES_URL,
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": 5,
+            "pool_pre_ping": False,
+        },
+        id="postgres-single-connection",
+    ),
+    pytest.param(
+        {
+            "database_url": POSTGRES_URL_WITH_PASSWORD,
+            "pool_size": 20,
+            "max_overflow": -1,
+            "pool_timeout": 2.5,
+            "pool_recycle": -1,
+        },
+        id="postgres-password-unbounded-overflow",
+    ),
+    pytest.param(
+        {
+            "project_name": 'O\'Connor "Q" Service',
+            "description": "Says \"hi\", a \\backslash and 'quotes' — ünïcode",
+            "author_name": "Zoë O'Brien",
+        },
+        id="unusual-names",
+    ),
+]
