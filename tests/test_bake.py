@@ -1,5 +1,6 @@
 """Bakes that must succeed, and what every baked file must look like."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import run
+from .support import TEMPLATE_DIR, run
 from .variants import POSTGRES_PASSWORD, POSTGRES_URL_WITH_PASSWORD, VARIANTS
 
 EXPECTED_FILES = [
@@ -133,3 +134,51 @@ def test_url_without_password_writes_no_env_file(cookies) -> None:
     assert "postgresql+asyncpg://app@db.internal:5432/app" in (
         project / "src" / "my_service" / "settings.py"
     ).read_text(encoding="utf-8")
+
+
+def bake_with_cli(tmp_path: Path, *answers: str):
+    """Bake as a user does, with the cookiecutter command; replay files stay in tmp_path."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"replay_dir: {tmp_path / 'replay'}\ncookiecutters_dir: {tmp_path / 'cc'}\n")
+    output = tmp_path / "out"
+    output.mkdir()
+    cookiecutter = Path(sys.executable).parent / "cookiecutter"
+    result = run(
+        cookiecutter, TEMPLATE_DIR, "--no-input", "--config-file", config, "-o", output, *answers
+    )
+    return result, output
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("pool_size=0", "pool_size: 0 is out of range"),
+        ("max_overflow=lots", "max_overflow: 'lots' is not a whole number"),
+        ("database_url=mysql://u@h/db", "database_url: the driver 'mysql'"),
+    ],
+)
+def test_bad_answer_is_rejected_and_leaves_no_project(
+    tmp_path: Path, answer: str, expected: str
+) -> None:
+    result, output = bake_with_cli(tmp_path, answer)
+
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert list(output.iterdir()) == []
+
+
+def test_injected_answers_never_run(cookies, tmp_path: Path) -> None:
+    marker = tmp_path / "injected"
+    payload = f'5"; __import__("pathlib").Path({str(marker)!r}).touch(); x="'
+    context = {"project_name": f"Svc {payload}", "description": payload, "author_name": payload}
+
+    project = bake(cookies, context)
+
+    assert not marker.exists()
+    for path in project.rglob("*.py"):
+        names = {
+            node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)
+        }
+        assert "__import__" not in names, f"{path.relative_to(project)} runs the answer"
+    metadata = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert metadata["description"] == payload
