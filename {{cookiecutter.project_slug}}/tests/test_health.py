@@ -1,9 +1,25 @@
+import asyncio
+import threading
+import time
+
 import pytest
 from httpx import AsyncClient
 
 from .support import make_settings, serve
 
 pytestmark = pytest.mark.anyio
+
+
+async def sqlite_threads_stopped() -> None:
+    """Let aiosqlite's worker threads finish while this test's event loop still runs.
+
+    When a connection fails to open, aiosqlite stops its thread without waiting for it;
+    a thread that finishes after the loop has closed raises in the thread.
+    """
+    deadline = time.monotonic() + 5
+    while any("_connection_worker_thread" in thread.name for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "aiosqlite worker threads did not stop"
+        await asyncio.sleep(0.01)
 
 
 async def test_liveness_does_not_need_the_database(client: AsyncClient) -> None:
@@ -46,6 +62,7 @@ async def test_app_starts_and_readiness_is_503_without_password_when_database_is
     async with serve(settings) as (_, client):
         response = await client.get("/health/db")
         liveness = await client.get("/health")
+    await sqlite_threads_stopped()
 
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"
