@@ -4,6 +4,13 @@ from pathlib import Path
 
 from hooks import database_url
 
+# Characters that python-dotenv reads specially even inside quotes (a closing quote,
+# "${...}" expansion, " #" comments). Percent-encoded, SQLAlchemy decodes them back to
+# the same password.
+DOTENV_SAFE_ESCAPES = str.maketrans(
+    {"'": "%27", '"': "%22", "$": "%24", "#": "%23", "\\": "%5C", " ": "%20", "`": "%60"}
+)
+
 
 def write_env_file(project_dir: Path, url: str) -> bool:
     """Write the full URL to the project's git-ignored ``.env`` when it holds a password.
@@ -14,8 +21,9 @@ def write_env_file(project_dir: Path, url: str) -> bool:
     parsed = database_url.parse(url)
     if parsed is None or not parsed.password:
         return False
+    password = parsed.password.translate(DOTENV_SAFE_ESCAPES)
+    safe_url = f"{parsed.scheme}://{parsed.username}:{password}@{parsed.rest}"
     env_file = project_dir / ".env"
-    # Single quotes: python-dotenv takes the value literally, so '#' does not start a comment.
-    env_file.write_text(f"DATABASE_URL='{url.strip()}'\n", encoding="utf-8")
+    env_file.write_text(f"DATABASE_URL='{safe_url}'\n", encoding="utf-8")
     env_file.chmod(0o600)
     return True

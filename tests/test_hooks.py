@@ -6,8 +6,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
 
 from hooks import database_url
+from hooks.env_file import write_env_file
 from hooks.jinja_filters import python_string, toml_string
 from hooks.validation import check_answers
 
@@ -108,3 +111,17 @@ def test_template_code_is_ruff_clean() -> None:
     for command in (["check"], ["format", "--check"]):
         result = run(ruff, *command, "--no-cache", ".", cwd=TEMPLATE_DIR)
         assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["p%40ss%23w%24rd", "it's", 'say "hi"', "a b #c", "${HOME}", "back\\slash", "tick`"],
+)
+def test_env_file_gives_the_url_back_to_dotenv_and_sqlalchemy(tmp_path: Path, password: str):
+    url = f"postgresql+asyncpg://app:{password}@db:5432/app"
+
+    assert write_env_file(tmp_path, url)
+
+    # The parsers the baked app reads it with: pydantic-settings' python-dotenv, SQLAlchemy.
+    read_back = dotenv_values(tmp_path / ".env")["DATABASE_URL"]
+    assert make_url(read_back).password == make_url(url).password

@@ -1,4 +1,5 @@
 import asyncio
+import logging
 import threading
 import time
 
@@ -58,6 +59,7 @@ async def test_readiness_reports_dialect_and_pool_numbers(
 async def test_app_starts_and_readiness_is_503_without_password_when_database_is_down(
     unreachable_url: str, tmp_path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     settings = make_settings(unreachable_url.format(tmp_path=tmp_path))
     async with serve(settings) as (_, client):
         response = await client.get("/health/db")

@@ -4,9 +4,10 @@ import time
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.pool import AsyncAdaptedQueuePool, StaticPool
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from {{ cookiecutter.package_name }}.database import Database, SessionDep
 from {{ cookiecutter.package_name }}.models import Base, Item
@@ -45,20 +46,24 @@ async def test_pool_settings_reach_the_engine(database_url: str) -> None:
 async def test_pool_settings_come_from_environment_variables(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("POOL_SIZE", "2")
+    # Values unlike the baked defaults, so that the test fails if the variables are ignored.
+    baked = Settings.model_fields
+    pre_ping = not baked["pool_pre_ping"].default
+    recycle = baked["pool_recycle"].default + 7
+    monkeypatch.setenv("POOL_SIZE", str(baked["pool_size"].default + 1))
     monkeypatch.setenv("MAX_OVERFLOW", "1")
     monkeypatch.setenv("POOL_TIMEOUT", "0.3")
-    monkeypatch.setenv("POOL_PRE_PING", "false")
-    monkeypatch.setenv("POOL_RECYCLE", "600")
+    monkeypatch.setenv("POOL_PRE_PING", str(pre_ping).lower())
+    monkeypatch.setenv("POOL_RECYCLE", str(recycle))
     settings = make_settings(database_url)
 
     database = Database(settings, Base.metadata)
     try:
-        assert database.engine.pool._pre_ping is False
-        assert database.engine.pool._recycle == 600
+        assert database.engine.pool._pre_ping is pre_ping
+        assert database.engine.pool._recycle == recycle
     finally:
         await database.dispose()
-    await assert_pool_limits(settings, size=2, overflow=1, wait=0.3)
+    await assert_pool_limits(settings, size=baked["pool_size"].default + 1, overflow=1, wait=0.3)
 
 
 def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,26 +86,24 @@ async def test_file_sqlite_gets_a_queue_pool_with_the_settings(tmp_path) -> None
         await database.dispose()
 
 
-async def test_memory_sqlite_shares_one_database_across_sessions() -> None:
-    # Pool sizes would be a TypeError for StaticPool; they must be left out, not fail.
-    database = Database(make_settings("sqlite+aiosqlite:///:memory:", pool_size=7), Base.metadata)
-    try:
-        assert isinstance(database.engine.pool, StaticPool)
-        await database.check()
-        async with database.session_factory() as session:
-            session.add(Item(name="kept"))
-            await session.commit()
-        async with database.session_factory() as session:
-            assert (await session.scalars(select(Item.name))).all() == ["kept"]
-        assert database.pool_status() == {
+async def test_memory_sqlite_serves_concurrent_writes_from_one_database() -> None:
+    settings = make_settings("sqlite+aiosqlite:///:memory:", pool_size=7, max_overflow=3)
+    async with serve(settings) as (app, client):
+        created = await asyncio.gather(
+            *(client.post("/items", json={"name": f"item-{n}"}) for n in range(20))
+        )
+        listed = await client.get("/items", params={"limit": 100})
+
+        assert [response.status_code for response in created] == [201] * 20
+        assert len(listed.json()) == 20
+        # One connection holds the one database, whatever the pool settings say.
+        assert app.state.database.pool_status() == {
             "size": 1,
             "checked_out": 0,
             "checked_in": 1,
             "overflow": 0,
             "max_overflow": 0,
         }
-    finally:
-        await database.dispose()
 
 
 async def test_pool_is_empty_after_concurrent_mixed_requests(database_url: str) -> None:
@@ -140,3 +143,37 @@ async def test_sequential_requests_reuse_pooled_server_connections(
 
     # The readiness check at startup already opened one connection; requests reuse it.
     assert len(pids) == 1
+
+
+async def test_failed_commit_is_an_error_response_and_stores_nothing(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    def fail_commit(session: Session) -> None:
+        if session.info.get("fail_commit"):
+            raise RuntimeError("commit failed")
+
+    @app.post("/items-failing-commit", status_code=201)
+    async def create_with_failing_commit(session: SessionDep) -> None:
+        session.add(Item(name="never stored"))
+        session.info["fail_commit"] = True
+
+    event.listen(Session, "before_commit", fail_commit)
+    try:
+        response = await client.post("/items-failing-commit")
+    finally:
+        event.remove(Session, "before_commit", fail_commit)
+
+    # The commit runs before the response is sent, so its failure is what the client sees.
+    assert response.status_code == 500
+    assert (await client.get("/items")).json() == []
+    assert app.state.database.pool_status()["checked_out"] == 0
+
+
+@requires_postgres
+async def test_workers_starting_together_create_the_schema_once(database_url: str) -> None:
+    databases = [Database(make_settings(database_url), Base.metadata) for _ in range(6)]
+    try:
+        await asyncio.gather(*(database.check() for database in databases))
+    finally:
+        for database in databases:
+            await database.dispose()

@@ -34,7 +34,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Closes every pooled connection while the event loop is still running.
             await database.dispose()
 
-    app = FastAPI(title={{ cookiecutter.project_name | python_string }}, lifespan=lifespan)
+    app = FastAPI(
+        title={{ cookiecutter.project_name | python_string }},
+        lifespan=lifespan,
+    )
     app.include_router(routes.router)
     app.include_router(health.router)
     return app

@@ -4,11 +4,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import QueuePool
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from .settings import Settings
 
@@ -16,19 +21,31 @@ from .settings import Settings
 # (refused, unknown host, timed out) that asyncpg raises while it connects.
 DATABASE_ERRORS = (SQLAlchemyError, OSError)
 
+# Any fixed number: workers starting together take this lock in turn to create tables.
+SCHEMA_LOCK_ID = 7_241_857
+
 
 def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
-    """The pool settings that the pool SQLAlchemy picks for ``url`` accepts.
+    """The pool for ``url``, configured from the settings.
 
-    SQLAlchemy chooses the pool class from the URL (``Dialect.get_pool_class``):
-    asyncpg and file SQLite databases get ``AsyncAdaptedQueuePool``, which takes every
-    setting. An in-memory SQLite database gets ``StaticPool``: all sessions share one
-    connection, because every new connection would open a new, empty database. That pool
-    rejects size, overflow and timeout with a TypeError, and recycling or a failed ping
-    would replace the connection and lose the data, so it gets none of the settings.
+    SQLAlchemy chooses the pool class from the URL (``Dialect.get_pool_class``): asyncpg
+    and file SQLite databases get ``AsyncAdaptedQueuePool``, and every setting applies.
+
+    In-memory SQLite is the exception: each new connection would open a new, empty
+    database. SQLAlchemy's choice for it, ``StaticPool``, hands its one connection to all
+    sessions at once, so concurrent requests would interleave their transactions on it.
+    Instead it gets a queue pool of exactly one connection that is never recycled or
+    replaced: one database, one request at a time, the wait bounded by ``pool_timeout``.
     """
     if not issubclass(url.get_dialect().get_pool_class(url), QueuePool):
-        return {}
+        return {
+            "poolclass": AsyncAdaptedQueuePool,
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": -1,
+            "pool_pre_ping": False,
+        }
     return {
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
@@ -36,6 +53,13 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
         "pool_recycle": settings.pool_recycle,
         "pool_pre_ping": settings.pool_pre_ping,
     }
+
+
+async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None:
+    if connection.dialect.name == "postgresql":
+        # Without it, workers starting together race to create the same tables.
+        await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"))
+    await connection.run_sync(metadata.create_all)
 
 
 class Database:
@@ -57,19 +81,6 @@ class Database:
         self.session_factory = async_sessionmaker(
             self.engine, expire_on_commit=False, close_resets_only=False
         )
-        # QueuePool counts its checkouts; in-memory SQLite's StaticPool does not, so count
-        # them from the pool's events (sessions there share one connection, so it can be
-        # checked out by several at once).
-        self._shared_checkouts = 0
-        if not isinstance(self.engine.pool, QueuePool):
-            event.listen(self.engine.sync_engine, "checkout", self._count_checkout)
-            event.listen(self.engine.sync_engine, "checkin", self._count_checkin)
-
-    def _count_checkout(self, *_: object) -> None:
-        self._shared_checkouts += 1
-
-    def _count_checkin(self, *_: object) -> None:
-        self._shared_checkouts -= 1
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now.
@@ -78,20 +89,12 @@ class Database:
         counter starts at minus the pool size; it is clamped at 0 here).
         """
         pool = self.engine.pool
-        if isinstance(pool, QueuePool):
-            return {
-                "size": pool.size(),
-                "checked_out": pool.checkedout(),
-                "checked_in": pool.checkedin(),
-                "overflow": max(pool.overflow(), 0),
-                "max_overflow": pool._max_overflow,  # no public accessor
-            }
         return {
-            "size": 1,
-            "checked_out": self._shared_checkouts,
-            "checked_in": int(self._shared_checkouts == 0),
-            "overflow": 0,
-            "max_overflow": 0,
+            "size": pool.size(),
+            "checked_out": pool.checkedout(),
+            "checked_in": pool.checkedin(),
+            "overflow": max(pool.overflow(), 0),
+            "max_overflow": pool._max_overflow,  # no public accessor
         }
 
     async def check(self) -> None:
@@ -104,7 +107,7 @@ class Database:
             if self.schema_ready:
                 await connection.execute(text("SELECT 1"))
             else:
-                await connection.run_sync(self.metadata.create_all)
+                await create_schema(connection, self.metadata)
                 self.schema_ready = True
 
     async def dispose(self) -> None:

@@ -12,7 +12,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     # A secret so that repr(), logs and validation errors never show the password.
-    database_url: SecretStr = SecretStr({{ cookiecutter.database_url | without_password | python_string }})
+    database_url: SecretStr = SecretStr(
+        {{ cookiecutter.database_url | without_password | python_string }},
+    )
     # 0 would mean "no limit" to SQLAlchemy, so at least one connection.
     pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1)
     # -1 means no limit on connections above pool_size; below that SQLAlchemy breaks.
