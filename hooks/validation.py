@@ -1,5 +1,7 @@
 """Checks on the answers, as plain functions that return one line per problem."""
 
+import keyword
+
 from hooks import database_url
 
 SUPPORTED_URL_FORMS = (
@@ -7,6 +9,8 @@ SUPPORTED_URL_FORMS = (
 )
 SUPPORTED_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
 MAX_POOL_NUMBER = 10_000
+# Longer names would push the baked imports past the line length that ruff enforces.
+MAX_PACKAGE_NAME_LENGTH = 40
 
 
 def check_integer(name: str, value: object, minimum: int, meaning: str) -> list[str]:
@@ -44,9 +48,22 @@ def check_database_url(url: str) -> list[str]:
     return []
 
 
+def check_package_name(name: str) -> list[str]:
+    accepted = (
+        f"a Python identifier of at most {MAX_PACKAGE_NAME_LENGTH} characters: lower-case "
+        "letters, digits and underscores, not starting with a digit, not a keyword"
+    )
+    if not name.isidentifier() or keyword.iskeyword(name) or not name.isascii():
+        return [f"package_name: {name!r} is not a valid package name; accepted: {accepted}"]
+    if len(name) > MAX_PACKAGE_NAME_LENGTH:
+        return [f"package_name: {name!r} is {len(name)} characters long; accepted: {accepted}"]
+    return []
+
+
 def check_answers(answers: dict) -> list[str]:
     """Every problem with the answers, one line each, naming the variable and what is accepted."""
     return [
+        *check_package_name(answers["package_name"]),
         *check_integer(
             "pool_size", answers["pool_size"], 1, f"a whole number from 1 to {MAX_POOL_NUMBER}"
         ),

@@ -170,7 +170,13 @@ def test_bad_answer_is_rejected_and_leaves_no_project(
 def test_injected_answers_never_run(cookies, tmp_path: Path) -> None:
     marker = tmp_path / "injected"
     payload = f'5"; __import__("pathlib").Path({str(marker)!r}).touch(); x="'
-    context = {"project_name": f"Svc {payload}", "description": payload, "author_name": payload}
+    context = {
+        "project_name": f"Svc {payload}",
+        "project_slug": "injected",
+        "package_name": "injected",
+        "description": payload,
+        "author_name": payload,
+    }
 
     project = bake(cookies, context)
 

@@ -67,6 +67,7 @@ def test_placeholder_replaces_only_a_password() -> None:
 
 
 DEFAULT_ANSWERS = {
+    "package_name": "my_service",
     "database_url": "sqlite+aiosqlite:///./app.db",
     "pool_size": "5",
     "max_overflow": "10",
@@ -89,6 +90,10 @@ def test_default_answers_have_no_problems() -> None:
         ({"pool_recycle": "-5"}, "pool_recycle: -5 is out of range"),
         ({"database_url": "mysql+aiomysql://u@h/db"}, "database_url: the driver 'mysql+aiomysql'"),
         ({"database_url": "nonsense"}, "database_url: 'nonsense' is not a database URL"),
+        ({"package_name": "class"}, "package_name: 'class' is not a valid package name"),
+        ({"package_name": "123_service"}, "package_name: '123_service' is not a valid"),
+        ({"package_name": "my-pkg"}, "package_name: 'my-pkg' is not a valid package name"),
+        ({"package_name": "a" * 41}, f"package_name: '{'a' * 41}' is 41 characters long"),
     ],
 )
 def test_each_bad_answer_gets_a_line_naming_it(answer: dict, expected: str) -> None:

@@ -35,6 +35,15 @@ VARIANTS = [
     ),
     pytest.param(
         {
+            "project_name": "A Rather Long Project Name For The Accounts Receivable Service",
+            # The longest package name accepted.
+            "package_name": "accounts_receivable_service_for_invoices",
+            "database_url": f"{POSTGRES_URL}?ssl=disable",
+        },
+        id="long-name-and-url",
+    ),
+    pytest.param(
+        {
             "project_name": 'O\'Connor "Q" Service',
             "description": "Says \"hi\", a \\backslash and 'quotes' — ünïcode",
             "author_name": "Zoë O'Brien",
