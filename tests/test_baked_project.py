@@ -37,6 +37,11 @@ def clean_environment(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+def package_name(project: Path) -> str:
+    (package,) = (project / "src").iterdir()
+    return package.name
+
+
 def bake_and_install(cookies, venv: BakedVenv, context: dict) -> Path:
     result = cookies.bake(extra_context=context)
     assert result.exit_code == 0, result.exception
@@ -102,7 +107,7 @@ def test_baked_answers_are_the_settings_defaults(
         "pool_recycle": 1800,
         "pool_pre_ping": True,
     } | {key: value for key, value in context.items() if key in SETTINGS_KEYS}
-    package = project.name.replace("-", "_")
+    package = package_name(project)
     script = (
         f"from {package}.settings import Settings; s = Settings(); "
         "print(s.model_dump_json() + '\\n' + s.database_url.get_secret_value())"
@@ -133,7 +138,7 @@ def free_port() -> int:
 def uvicorn_server(venv: BakedVenv, project: Path, env: dict[str, str]) -> Iterator[str]:
     """Serve the baked app with uvicorn on a free loopback port; stop it afterwards."""
     port = free_port()
-    package = project.name.replace("-", "_")
+    package = package_name(project)
     server = subprocess.Popen(
         [
             str(venv.bin("uvicorn")),
