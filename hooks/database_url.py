@@ -1,11 +1,32 @@
-"""Split a database URL into the part that may be committed and the password that may not.
+"""Database URLs as the user types them: parse, normalise, check, and split off the password.
 
 The pattern is SQLAlchemy's own (``sqlalchemy.engine.url._parse_url``), so a URL is cut
-exactly where the baked app will read it; the pieces stay percent-encoded as typed.
+exactly where the baked app will cut it; the pieces stay percent-encoded as typed.
 """
 
 import re
 from typing import NamedTuple
+
+SUPPORTED_FORMS = (
+    "postgresql+asyncpg://user:password@host:5432/dbname, "
+    "sqlite+aiosqlite:///./app.db or sqlite+aiosqlite:///:memory:"
+)
+ENCODING_HINT = (
+    "percent-encode special characters in the password: @ -> %40, : -> %3A, / -> %2F, "
+    "% -> %25, # -> %23, ? -> %3F, $ -> %24, space -> %20"
+)
+
+# What users type, and the async driver the baked app uses for it.
+ASYNC_SCHEMES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
 
 _URL_PATTERN = re.compile(
     r"""
@@ -14,7 +35,10 @@ _URL_PATTERN = re.compile(
         (?P<username>[^:/]*)
         (?::(?P<password>[^@]*))?
     @)?
-    (?P<rest>.*)
+    (?P<host>\[[^/?]+\]|[^/:?]+)?
+    (?::(?P<port>[^/?]*))?
+    (?:/(?P<database>[^?]*))?
+    (?:\?(?P<query>.*))?
     """,
     re.VERBOSE | re.DOTALL,
 )
@@ -24,20 +48,37 @@ class DatabaseUrl(NamedTuple):
     scheme: str
     username: str | None
     password: str | None
-    rest: str
+    host: str | None
+    port: str | None
+    database: str | None
+    query: str | None
+
+    def render(self, password: str | None) -> str:
+        userinfo = ""
+        if self.username is not None:
+            userinfo = self.username + (f":{password}" if password is not None else "") + "@"
+        address = (self.host or "") + (f":{self.port}" if self.port is not None else "")
+        path = f"/{self.database}" if self.database is not None else ""
+        query = f"?{self.query}" if self.query is not None else ""
+        return f"{self.scheme}://{userinfo}{address}{path}{query}"
 
     @property
     def without_password(self) -> str:
         """The URL as it may appear in tracked files: the user stays, the password goes."""
-        userinfo = f"{self.username}@" if self.username is not None else ""
-        return f"{self.scheme}://{userinfo}{self.rest}"
+        return self.render(password=None)
+
+    @property
+    def masked(self) -> str:
+        """The URL as it may appear in messages."""
+        return self.render(password="***" if self.password else None)
 
     @property
     def with_placeholder_password(self) -> str:
-        """The URL with its password, if it has one, replaced by ``change-me``."""
-        if not self.password:
-            return self.without_password
-        return f"{self.scheme}://{self.username}:change-me@{self.rest}"
+        return self.render(password="change-me" if self.password else None)
+
+    @property
+    def full(self) -> str:
+        return self.render(password=self.password)
 
 
 def parse(url: str) -> DatabaseUrl | None:
@@ -46,3 +87,73 @@ def parse(url: str) -> DatabaseUrl | None:
     if match is None:
         return None
     return DatabaseUrl(**match.groupdict())
+
+
+def normalise(url: str) -> tuple[str, list[str]]:
+    """The URL with the async driver the app uses, and a line for each change made."""
+    parsed = parse(url)
+    if parsed is None or parsed.scheme not in ASYNC_SCHEMES:
+        return url, []
+    notices = []
+    scheme = ASYNC_SCHEMES[parsed.scheme]
+    if scheme != parsed.scheme:
+        notices.append(f"database_url: {parsed.scheme}:// is used as {scheme}://")
+        parsed = parsed._replace(scheme=scheme)
+    if parsed.query and re.search(r"(^|&)sslmode=", parsed.query):
+        # libpq's name for it; asyncpg takes the same values as "ssl".
+        parsed = parsed._replace(query=re.sub(r"(^|&)sslmode=", r"\1ssl=", parsed.query))
+        notices.append("database_url: sslmode= is used as asyncpg's ssl=")
+    return parsed.full, notices
+
+
+def mask(text: str) -> str:
+    """Hide whatever may be a password in text that does not parse as a URL."""
+    return re.sub(r"[^/]*@", "***@", text.strip(), count=1)
+
+
+def problems(url: str) -> list[str]:
+    """What is wrong with a (normalised) database URL, one line each; the password masked."""
+    if not url.strip():
+        return [f"database_url: it is empty; accepted: {SUPPORTED_FORMS}"]
+    if re.search(r"\s", url.strip()):
+        return [f"database_url: it contains a space or a line break; {ENCODING_HINT}"]
+    parsed = parse(url)
+    if parsed is None:
+        return [f"database_url: {mask(url)!r} is not a database URL; accepted: {SUPPORTED_FORMS}"]
+    shown = parsed.masked
+    if parsed.scheme not in ASYNC_SCHEMES.values():
+        return [
+            f"database_url: {shown!r} uses the driver {parsed.scheme!r}, which is not supported; "
+            f"accepted: {SUPPORTED_FORMS}"
+        ]
+    if "@" in (parsed.host or "") or "@" in (parsed.username or ""):
+        # Not shown: the part after the first '@' holds the rest of the password.
+        return [
+            "database_url: the URL has more than one '@', so the password would be cut at the "
+            f"first one; {ENCODING_HINT}"
+        ]
+    if parsed.scheme == "sqlite+aiosqlite":
+        if parsed.host or parsed.username is not None or parsed.port is not None:
+            return [
+                f"database_url: {shown!r} names a host, which SQLite has none of; accepted: "
+                "sqlite+aiosqlite:///relative/path.db, sqlite+aiosqlite:////absolute/path.db "
+                "or sqlite+aiosqlite:///:memory:"
+            ]
+        return []
+    found = []
+    if parsed.port is not None and not (parsed.port.isdigit() and 1 <= int(parsed.port) <= 65535):
+        found.append(
+            f"database_url: {shown!r} has the port {parsed.port!r}; accepted: a number from 1 "
+            "to 65535, or none for 5432"
+        )
+    if not parsed.database:
+        found.append(
+            f"database_url: {shown!r} names no database; accepted: "
+            "postgresql+asyncpg://user:password@host:5432/dbname"
+        )
+    if parsed.query and re.search(r"(^|&)password=", parsed.query):
+        found.append(
+            "database_url: the password is in the query string, where it would be logged; "
+            "accepted: postgresql+asyncpg://user:password@host:5432/dbname"
+        )
+    return found

@@ -21,8 +21,7 @@ def write_env_file(project_dir: Path, url: str) -> bool:
     parsed = database_url.parse(url)
     if parsed is None or not parsed.password:
         return False
-    password = parsed.password.translate(DOTENV_SAFE_ESCAPES)
-    safe_url = f"{parsed.scheme}://{parsed.username}:{password}@{parsed.rest}"
+    safe_url = parsed.render(password=parsed.password.translate(DOTENV_SAFE_ESCAPES))
     env_file = project_dir / ".env"
     env_file.write_text(f"DATABASE_URL='{safe_url}'\n", encoding="utf-8")
     env_file.chmod(0o600)

@@ -8,11 +8,16 @@ from pathlib import Path
 ANSWERS = json.loads(r""" {{ cookiecutter | tojson }} """)
 sys.path.insert(0, json.loads(r""" {{ template_dir | tojson }} """))
 
+from hooks import database_url  # noqa: E402
 from hooks.env_file import write_env_file  # noqa: E402
 
 project_dir = Path.cwd()
-if write_env_file(project_dir, ANSWERS["database_url"]):
-    print(f"The database password is in {project_dir / '.env'} (git-ignored), in no tracked file.")
+url, _ = database_url.normalise(ANSWERS["database_url"])
+if write_env_file(project_dir, url):
+    print(
+        f"The database URL with its password is in {project_dir / '.env'} (git-ignored, "
+        "owner-only); tracked files carry it without the password."
+    )
 print(
     f"""
 Next steps:

@@ -1,84 +1,179 @@
-"""Checks on the answers, as plain functions that return one line per problem."""
+"""Checks on the answers: plain functions that return one line per problem.
+
+Each line names the variable, the value given (never a password) and what is accepted.
+"""
 
 import keyword
+import math
+import re
+import sys
+from typing import NamedTuple
 
 from hooks import database_url
 
-SUPPORTED_URL_FORMS = (
-    "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
-)
-SUPPORTED_SCHEMES = ("postgresql+asyncpg", "sqlite+aiosqlite")
-MAX_POOL_NUMBER = 10_000
+# Larger numbers are typing mistakes, not pool settings.
+MAX_NUMBER = 10_000
 # Longer names would push the baked imports past the line length that ruff enforces.
 MAX_PACKAGE_NAME_LENGTH = 40
+MAX_PROJECT_NAME_LENGTH = 80
+# PostgreSQL keeps superuser_reserved_connections (3 by default) for superusers.
+SUPERUSER_RESERVED_CONNECTIONS = 3
+# Names the package must not take: importing it would shadow what the app runs on.
+DEPENDENCY_MODULES = frozenset({
+    "aiosqlite", "alembic", "annotated_types", "anyio", "asgi_lifespan", "asyncpg", "click",
+    "dotenv", "fastapi", "greenlet", "h11", "httpcore", "httptools", "httpx", "idna",
+    "pydantic", "pydantic_core", "pydantic_settings", "pytest", "ruff", "sniffio",
+    "sqlalchemy", "starlette", "tests", "typing_extensions", "uvicorn", "uvloop",
+    "watchfiles", "websockets", "yaml",
+})  # fmt: skip
+STANDARD_LIBRARY = frozenset(getattr(sys, "stdlib_module_names", ())) | {"test"}
 
 
-def check_integer(name: str, value: object, minimum: int, meaning: str) -> list[str]:
+class Report(NamedTuple):
+    problems: list[str]
+    notices: list[str]
+
+
+def parse_integer(name: str, value: object, low: int, high: int, accepted: str):
+    """The whole number in ``value``, or a problem line when it is not one in [low, high]."""
     text = str(value).strip()
-    try:
-        number = int(text)
-    except ValueError:
-        return [f"{name}: {text!r} is not a whole number; accepted: {meaning}"]
-    if not minimum <= number <= MAX_POOL_NUMBER:
-        return [f"{name}: {number} is out of range; accepted: {meaning}"]
-    return []
+    if not re.fullmatch(r"[+-]?\d+", text):
+        shown = "empty" if not text else repr(text)
+        return None, f"{name}: {shown} is not a whole number; accepted: {accepted}"
+    number = int(text)
+    if not low <= number <= high:
+        return None, f"{name}: {number} is out of range; accepted: {accepted}"
+    return number, None
 
 
-def check_timeout(value: object) -> list[str]:
+def parse_seconds(name: str, value: object, accepted: str):
     text = str(value).strip()
-    meaning = f"a number of seconds above 0 and at most {MAX_POOL_NUMBER}"
     try:
         seconds = float(text)
     except ValueError:
-        return [f"pool_timeout: {text!r} is not a number; accepted: {meaning}"]
-    if not 0 < seconds <= MAX_POOL_NUMBER:
-        return [f"pool_timeout: {text} is out of range; accepted: {meaning}"]
+        shown = "empty" if not text else repr(text)
+        return None, f"{name}: {shown} is not a number; accepted: {accepted}"
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NUMBER):
+        return None, f"{name}: {text} is out of range; accepted: {accepted}"
+    return seconds, None
+
+
+def single_line_problems(answers: dict) -> list[str]:
+    found = []
+    for name in ("project_name", "description", "author_name", "author_email"):
+        text = str(answers.get(name, ""))
+        if re.search(r"[\x00-\x1f\x7f]", text):
+            found.append(
+                f"{name}: {text!r} has a line break or control character; accepted: one line"
+            )
+    name = str(answers.get("project_name", ""))
+    if not name.strip() or len(name) > MAX_PROJECT_NAME_LENGTH:
+        found.append(
+            f"project_name: {name!r} is {'empty' if not name.strip() else 'too long'}; "
+            f"accepted: 1 to {MAX_PROJECT_NAME_LENGTH} characters"
+        )
+    email = str(answers.get("author_email", ""))
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        found.append(f"author_email: {email!r} is not an email address; accepted: name@example.com")
+    return found
+
+
+def project_slug_problems(slug: str) -> list[str]:
+    accepted = (
+        "letters, digits, '-', '_' and '.', starting and ending with a letter or digit "
+        "(a folder and distribution name)"
+    )
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,98}[A-Za-z0-9])?", slug):
+        return [f"project_slug: {slug!r} is not a valid project name; accepted: {accepted}"]
     return []
 
 
-def check_database_url(url: str) -> list[str]:
-    parsed = database_url.parse(url)
-    if parsed is None:
-        return [f"database_url: {url!r} is not a database URL; accepted: {SUPPORTED_URL_FORMS}"]
-    if parsed.scheme not in SUPPORTED_SCHEMES:
-        driver = parsed.scheme
-        return [
-            f"database_url: the driver {driver!r} is not supported; accepted: {SUPPORTED_URL_FORMS}"
-        ]
-    return []
-
-
-def check_package_name(name: str) -> list[str]:
+def package_name_problems(name: str) -> list[str]:
     accepted = (
         f"a Python identifier of at most {MAX_PACKAGE_NAME_LENGTH} characters: lower-case "
-        "letters, digits and underscores, not starting with a digit, not a keyword"
+        "letters, digits and underscores, not starting with a digit"
     )
-    if not name.isidentifier() or keyword.iskeyword(name) or not name.isascii():
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         return [f"package_name: {name!r} is not a valid package name; accepted: {accepted}"]
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        return [f"package_name: {name!r} is a Python keyword; accepted: {accepted}"]
+    if name in STANDARD_LIBRARY or name in DEPENDENCY_MODULES:
+        return [
+            f"package_name: {name!r} would shadow the module of that name that the app or its "
+            f"tests import; accepted: {accepted}, and not such a name"
+        ]
     if len(name) > MAX_PACKAGE_NAME_LENGTH:
         return [f"package_name: {name!r} is {len(name)} characters long; accepted: {accepted}"]
     return []
 
 
-def check_answers(answers: dict) -> list[str]:
-    """Every problem with the answers, one line each, naming the variable and what is accepted."""
+def check_answers(answers: dict) -> Report:
+    """Every problem with the answers, and the notices worth telling the user."""
+    problems = [
+        *single_line_problems(answers),
+        *project_slug_problems(str(answers["project_slug"])),
+        *package_name_problems(str(answers["package_name"])),
+    ]
+    notices: list[str] = []
+
+    pool_size, problem = parse_integer(
+        "pool_size", answers["pool_size"], 1, MAX_NUMBER,
+        f"a whole number from 1 to {MAX_NUMBER} (0 would mean no limit to SQLAlchemy)",
+    )  # fmt: skip
+    problems += [problem] if problem else []
+    max_overflow, problem = parse_integer(
+        "max_overflow", answers["max_overflow"], -1, MAX_NUMBER,
+        f"a whole number from 0 to {MAX_NUMBER}, or -1 for no limit",
+    )  # fmt: skip
+    problems += [problem] if problem else []
+    _, problem = parse_seconds(
+        "pool_timeout", answers["pool_timeout"], f"seconds above 0, at most {MAX_NUMBER}"
+    )
+    problems += [problem] if problem else []
+    _, problem = parse_integer(
+        "pool_recycle", answers["pool_recycle"], -1, MAX_NUMBER,
+        f"seconds from 0 to {MAX_NUMBER}, or -1 for never",
+    )  # fmt: skip
+    problems += [problem] if problem else []
+    workers, problem = parse_integer(
+        "workers", answers["workers"], 1, MAX_NUMBER, f"a whole number from 1 to {MAX_NUMBER}"
+    )
+    problems += [problem] if problem else []
+    max_connections, problem = parse_integer(
+        "db_max_connections", answers["db_max_connections"], 1, MAX_NUMBER,
+        f"the PostgreSQL server's max_connections, a whole number from 1 to {MAX_NUMBER}",
+    )  # fmt: skip
+    problems += [problem] if problem else []
+
+    url, url_notices = database_url.normalise(str(answers["database_url"]))
+    url_problems = database_url.problems(url)
+    problems += url_problems
+    notices += url_notices
+
+    if max_overflow == -1:
+        notices.append(
+            "Warning: max_overflow -1 means no limit: under load each worker opens as many "
+            "connections as it has requests waiting, bounded only by the database server"
+        )
+    elif (
+        None not in (pool_size, max_overflow, workers, max_connections)
+        and not url_problems
+        and url.startswith("postgresql")
+    ):
+        problems += budget_problems(workers, pool_size, max_overflow, max_connections)
+    return Report(problems, notices)
+
+
+def budget_problems(workers: int, pool_size: int, max_overflow: int, max_connections: int):
+    needed = workers * (pool_size + max_overflow)
+    available = max_connections - SUPERUSER_RESERVED_CONNECTIONS
+    if needed <= available:
+        return []
     return [
-        *check_package_name(answers["package_name"]),
-        *check_integer(
-            "pool_size", answers["pool_size"], 1, f"a whole number from 1 to {MAX_POOL_NUMBER}"
-        ),
-        *check_integer(
-            "max_overflow",
-            answers["max_overflow"],
-            -1,
-            f"a whole number from 0 to {MAX_POOL_NUMBER}, or -1 for no limit",
-        ),
-        *check_timeout(answers["pool_timeout"]),
-        *check_integer(
-            "pool_recycle",
-            answers["pool_recycle"],
-            -1,
-            f"seconds from 0 to {MAX_POOL_NUMBER}, or -1 for never",
-        ),
-        *check_database_url(answers["database_url"]),
+        f"connection budget: workers x (pool_size + max_overflow) = {workers} x "
+        f"({pool_size} + {max_overflow}) = {needed} connections, but a server with "
+        f"db_max_connections={max_connections} has {max(available, 0)} for applications "
+        f"({SUPERUSER_RESERVED_CONNECTIONS} are reserved for superusers); accepted: at most "
+        f"{max(available, 0)}: lower pool_size, max_overflow or workers, or raise "
+        "db_max_connections if the server allows more"
     ]

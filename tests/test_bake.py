@@ -1,6 +1,7 @@
 """Bakes that must succeed, and what every baked file must look like."""
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -136,42 +137,145 @@ def test_url_without_password_writes_no_env_file(cookies) -> None:
     ).read_text(encoding="utf-8")
 
 
+# Each bad answer, what the one line about it must say, and nothing else going wrong.
+POSTGRES = "database_url=postgresql+asyncpg://app@127.0.0.1:5432/app"
+BAD_ANSWERS = [
+    (["pool_size=0"], "pool_size: 0 is out of range; accepted: a whole number from 1"),
+    (["pool_size=-1"], "pool_size: -1 is out of range"),
+    (["pool_size=abc"], "pool_size: 'abc' is not a whole number"),
+    (["pool_size=5.5"], "pool_size: '5.5' is not a whole number"),
+    (["pool_size="], "pool_size: empty is not a whole number"),
+    (["pool_size=100000"], "pool_size: 100000 is out of range; accepted: a whole number from 1 to"),
+    (["max_overflow=-2"], "max_overflow: -2 is out of range; accepted: a whole number from 0"),
+    (["max_overflow=lots"], "max_overflow: 'lots' is not a whole number"),
+    (["pool_timeout=0"], "pool_timeout: 0 is out of range; accepted: seconds above 0"),
+    (["pool_timeout=-3"], "pool_timeout: -3 is out of range"),
+    (["pool_timeout=soon"], "pool_timeout: 'soon' is not a number"),
+    (["pool_recycle=-2"], "pool_recycle: -2 is out of range; accepted: seconds from 0 to"),
+    (["pool_recycle=1.5"], "pool_recycle: '1.5' is not a whole number"),
+    (["workers=0"], "workers: 0 is out of range"),
+    (["db_max_connections=none"], "db_max_connections: 'none' is not a whole number"),
+    (["database_url=mysql://app:hunter2@db/app"], "the driver 'mysql', which is not supported"),
+    (["database_url=nonsense"], "database_url: 'nonsense' is not a database URL"),
+    (["database_url=postgresql+asyncpg://app:hunter2@db:port/app"], "has the port 'port'; accepted:"),
+    (["database_url=postgresql+asyncpg://app:hunter2@db:5432"], "names no database"),
+    (["database_url=postgresql+asyncpg://app:hun@ter2@db/app"], "has more than one '@'"),
+    (["database_url=postgresql+asyncpg://app@db/app?password=hunter2"], "in the query string"),
+    (["database_url=sqlite+aiosqlite://db/app.db"], "names a host, which SQLite has none of"),
+    (["database_url="], "database_url: it is empty"),
+    (["package_name=class"], "package_name: 'class' is a Python keyword"),
+    (["package_name=fastapi"], "package_name: 'fastapi' would shadow"),
+    (["package_name=test"], "package_name: 'test' would shadow"),
+    (["package_name=asyncio"], "package_name: 'asyncio' would shadow"),
+    (["package_name=my-pkg"], "package_name: 'my-pkg' is not a valid package name"),
+    (["project_name=123 Service"], "package_name: '123_service' is not a valid package name"),
+    (["project_slug=../evil"], "project_slug: '../evil' is not a valid project name"),
+    (["author_email=nobody"], "author_email: 'nobody' is not an email address"),
+    (["project_name=Two\nLines"], "project_name: 'Two\\nLines' has a line break"),
+    (
+        [POSTGRES, "workers=8"],
+        "connection budget: workers x (pool_size + max_overflow) = 8 x (5 + 10) = 120 connections",
+    ),
+]  # fmt: skip
+
+
 def bake_with_cli(tmp_path: Path, *answers: str):
-    """Bake as a user does, with the cookiecutter command; replay files stay in tmp_path."""
-    config = tmp_path / "config.yaml"
-    config.write_text(f"replay_dir: {tmp_path / 'replay'}\ncookiecutters_dir: {tmp_path / 'cc'}\n")
+    """Bake as a user does, with the cookiecutter command; HOME, so replay files, in tmp_path."""
     output = tmp_path / "out"
-    output.mkdir()
+    output.mkdir(exist_ok=True)
     cookiecutter = Path(sys.executable).parent / "cookiecutter"
-    result = run(
-        cookiecutter, TEMPLATE_DIR, "--no-input", "--config-file", config, "-o", output, *answers
-    )
+    env = os.environ | {"HOME": str(tmp_path / "home")}
+    env.pop("COOKIECUTTER_CONFIG", None)
+    result = run(cookiecutter, TEMPLATE_DIR, "--no-input", "-o", output, *answers, env=env)
     return result, output
 
 
 @pytest.mark.parametrize(
-    ("answer", "expected"),
+    ("answers", "expected"), BAD_ANSWERS, ids=[" ".join(answers) for answers, _ in BAD_ANSWERS]
+)
+def test_bad_answer_is_rejected_with_one_clear_line_and_leaves_nothing(
+    tmp_path: Path, answers: list[str], expected: str
+) -> None:
+    result, output = bake_with_cli(tmp_path, *[a.replace("\\n", "\n") for a in answers])
+
+    printed = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert expected in printed
+    assert "Traceback" not in printed
+    assert "hunter2" not in printed and "ter2" not in printed
+    assert list(output.iterdir()) == []
+    assert not (tmp_path / "home" / ".cookiecutter_replay").exists()
+
+
+def test_every_bad_answer_is_reported_in_one_run(tmp_path: Path) -> None:
+    answers = ["pool_size=0", "max_overflow=x", "pool_timeout=0", "database_url=mysql://u@h/d"]
+    result, output = bake_with_cli(tmp_path, *answers)
+
+    problems = [line.split(":")[0] for line in result.stdout.splitlines()[1:] if line]
+    assert problems == ["pool_size", "max_overflow", "pool_timeout", "database_url"]
+    assert list(output.iterdir()) == []
+
+
+def test_unlimited_overflow_bakes_with_a_warning(tmp_path: Path) -> None:
+    result, output = bake_with_cli(tmp_path, "max_overflow=-1")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "max_overflow -1 means no limit" in result.stderr
+    assert (output / "my-service" / "pyproject.toml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("typed", "used"),
     [
-        ("pool_size=0", "pool_size: 0 is out of range"),
-        ("max_overflow=lots", "max_overflow: 'lots' is not a whole number"),
-        ("database_url=mysql://u@h/db", "database_url: the driver 'mysql'"),
+        ("postgres://app:hunter2@db:5432/app", "postgresql+asyncpg://app@db:5432/app"),
+        ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
+        ("postgresql+psycopg://app@db/app", "postgresql+asyncpg://app@db/app"),
+        ("sqlite:///./data/app.db", "sqlite+aiosqlite:///./data/app.db"),
     ],
 )
-def test_bad_answer_is_rejected_and_leaves_no_project(
-    tmp_path: Path, answer: str, expected: str
-) -> None:
-    result, output = bake_with_cli(tmp_path, answer)
+def test_common_url_forms_bake_with_the_async_driver(tmp_path: Path, typed: str, used: str):
+    result, output = bake_with_cli(tmp_path, f"database_url={typed}")
 
-    assert result.returncode != 0
-    assert expected in result.stdout + result.stderr
-    assert list(output.iterdir()) == []
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"is used as {used.split(':')[0]}://" in result.stderr
+    settings = (output / "my-service" / "src" / "my_service" / "settings.py").read_text()
+    assert f'"{used}"' in settings
+
+
+def test_replay_file_keeps_no_password(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://app:hunter2@127.0.0.1:5432/app"
+    result, output = bake_with_cli(tmp_path, f"database_url={url}")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (replay_file,) = (tmp_path / "home" / ".cookiecutter_replay").iterdir()
+    assert f"Removed the database password from cookiecutter's replay file {replay_file}" in (
+        result.stdout
+    )
+    assert "hunter2" not in replay_file.read_text()
+    assert "postgresql+asyncpg://app@127.0.0.1:5432/app" in replay_file.read_text()
+    assert "hunter2" in (output / "my-service" / ".env").read_text()
+
+
+def test_replay_file_keeps_no_password_when_the_bake_fails_late(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://app:hunter2@127.0.0.1:5432/app"
+    first, _ = bake_with_cli(tmp_path, f"database_url={url}")
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    # The same bake again fails after the answers were saved, before any hook runs.
+    second, _ = bake_with_cli(tmp_path, f"database_url={url}")
+
+    assert second.returncode == 1
+    assert "already exists" in second.stdout
+    assert "Removed the database password" in second.stdout
+    (replay_file,) = (tmp_path / "home" / ".cookiecutter_replay").iterdir()
+    assert "hunter2" not in replay_file.read_text()
 
 
 def test_injected_answers_never_run(cookies, tmp_path: Path) -> None:
     marker = tmp_path / "injected"
     payload = f'5"; __import__("pathlib").Path({str(marker)!r}).touch(); x="'
     context = {
-        "project_name": f"Svc {payload}",
+        "project_name": 'Svc 5"; __import__("os").getcwd(); x="',
         "project_slug": "injected",
         "package_name": "injected",
         "description": payload,

@@ -1,6 +1,7 @@
 """The bake-time helpers in hooks/, tested directly."""
 
 import ast
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -9,9 +10,9 @@ import pytest
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
-from hooks import database_url
+from hooks import database_url, replay
 from hooks.env_file import write_env_file
-from hooks.jinja_filters import python_string, toml_string
+from hooks.jinja_extension import python_string, toml_string
 from hooks.validation import check_answers
 
 from .support import TEMPLATE_DIR, run
@@ -47,6 +48,11 @@ def test_toml_string_reads_back_unchanged(text: str) -> None:
             "p%40ss%23w",
         ),
         ("postgresql+asyncpg://app@db/app", "postgresql+asyncpg://app@db/app", None),
+        (
+            "postgresql+asyncpg://a:pw@[::1]:5432/db?ssl=x",
+            "postgresql+asyncpg://a@[::1]:5432/db?ssl=x",
+            "pw",
+        ),
         # Unencoded '@' in a password: SQLAlchemy cuts at the first '@', and so does this.
         ("postgresql+asyncpg://u:p@ss@h/db", "postgresql+asyncpg://u@ss@h/db", "p"),
     ],
@@ -56,6 +62,9 @@ def test_url_is_split_where_sqlalchemy_splits_it(url: str, public: str, password
 
     assert parsed.without_password == public
     assert parsed.password == password
+    assert parsed.full == url
+    if password and "@" not in parsed.host:
+        assert make_url(url).password == make_url(parsed.full).password
 
 
 def test_placeholder_replaces_only_a_password() -> None:
@@ -66,48 +75,114 @@ def test_placeholder_replaces_only_a_password() -> None:
     assert without_password.with_placeholder_password == "postgresql+asyncpg://app@db/app"
 
 
+@pytest.mark.parametrize(
+    ("typed", "used"),
+    [
+        ("postgres://u:pw@h/db", "postgresql+asyncpg://u:pw@h/db"),
+        ("postgresql://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require"),
+        ("sqlite:///./app.db", "sqlite+aiosqlite:///./app.db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_common_url_forms_are_normalised_with_a_notice(typed: str, used: str) -> None:
+    url, notices = database_url.normalise(typed)
+
+    assert url == used
+    assert bool(notices) is (typed != used)
+
+
 DEFAULT_ANSWERS = {
+    "project_name": "My Service",
+    "project_slug": "my-service",
     "package_name": "my_service",
+    "description": "A service.",
+    "author_name": "Your Name",
+    "author_email": "you@example.com",
     "database_url": "sqlite+aiosqlite:///./app.db",
     "pool_size": "5",
     "max_overflow": "10",
     "pool_timeout": "30",
     "pool_recycle": "1800",
+    "pool_pre_ping": True,
+    "workers": "1",
+    "db_max_connections": "100",
 }
+POSTGRES = {"database_url": "postgresql+asyncpg://app@db/app"}
 
 
 def test_default_answers_have_no_problems() -> None:
-    assert check_answers(DEFAULT_ANSWERS) == []
+    assert check_answers(DEFAULT_ANSWERS) == ([], [])
 
 
 @pytest.mark.parametrize(
     ("answer", "expected"),
     [
         ({"pool_size": "0"}, "pool_size: 0 is out of range"),
-        ({"pool_size": "abc"}, "pool_size: 'abc' is not a whole number"),
+        ({"pool_size": "5.5"}, "pool_size: '5.5' is not a whole number"),
         ({"max_overflow": "-2"}, "max_overflow: -2 is out of range"),
-        ({"pool_timeout": "0"}, "pool_timeout: 0 is out of range"),
+        ({"pool_timeout": "inf"}, "pool_timeout: inf is out of range"),
         ({"pool_recycle": "-5"}, "pool_recycle: -5 is out of range"),
-        ({"database_url": "mysql+aiomysql://u@h/db"}, "database_url: the driver 'mysql+aiomysql'"),
-        ({"database_url": "nonsense"}, "database_url: 'nonsense' is not a database URL"),
-        ({"package_name": "class"}, "package_name: 'class' is not a valid package name"),
-        ({"package_name": "123_service"}, "package_name: '123_service' is not a valid"),
-        ({"package_name": "my-pkg"}, "package_name: 'my-pkg' is not a valid package name"),
+        ({"package_name": "class"}, "package_name: 'class' is a Python keyword"),
+        ({"package_name": "asyncio"}, "package_name: 'asyncio' would shadow"),
         ({"package_name": "a" * 41}, f"package_name: '{'a' * 41}' is 41 characters long"),
+        ({"project_slug": "../evil"}, "project_slug: '../evil' is not a valid project name"),
+        ({"project_name": "x" * 81}, "project_name: "),
+        (POSTGRES | {"workers": "8"}, "connection budget: workers x (pool_size + max_overflow)"),
     ],
 )
 def test_each_bad_answer_gets_a_line_naming_it(answer: dict, expected: str) -> None:
-    problems = check_answers(DEFAULT_ANSWERS | answer)
+    problems, _ = check_answers(DEFAULT_ANSWERS | answer)
 
     assert len(problems) == 1
     assert problems[0].startswith(expected)
     assert "accepted:" in problems[0]
 
 
+def test_budget_line_shows_the_arithmetic() -> None:
+    answers = POSTGRES | {"workers": "4", "pool_size": "20", "db_max_connections": "50"}
+
+    problems, _ = check_answers(DEFAULT_ANSWERS | answers)
+
+    assert "= 4 x (20 + 10) = 120 connections" in problems[0]
+    assert "db_max_connections=50 has 47 for applications" in problems[0]
+
+
+def test_budget_fits_exactly_at_the_limit() -> None:
+    answers = POSTGRES | {"workers": "97", "pool_size": "1", "max_overflow": "0"}
+
+    assert check_answers(DEFAULT_ANSWERS | answers).problems == []
+
+
+def test_unlimited_overflow_is_accepted_with_a_warning() -> None:
+    problems, notices = check_answers(DEFAULT_ANSWERS | POSTGRES | {"max_overflow": "-1"})
+
+    assert problems == []
+    assert any("no limit" in notice for notice in notices)
+
+
 def test_every_problem_is_reported_not_only_the_first() -> None:
-    problems = check_answers(DEFAULT_ANSWERS | {"pool_size": "x", "pool_timeout": "-1"})
+    problems, _ = check_answers(DEFAULT_ANSWERS | {"pool_size": "x", "pool_timeout": "-1"})
 
     assert [line.split(":")[0] for line in problems] == ["pool_size", "pool_timeout"]
+
+
+def test_replay_redaction_drops_the_password_from_answers_and_defaults(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://app:hunter2@db/app"
+    replay_file = tmp_path / "template.json"
+    replay_file.write_text(
+        json.dumps({"cookiecutter": {"database_url": url}, "_cookiecutter": {"database_url": url}})
+    )
+
+    assert replay.redact(replay_file)
+
+    assert "hunter2" not in replay_file.read_text()
+    assert json.loads(replay_file.read_text())["cookiecutter"]["database_url"] == (
+        "postgresql+asyncpg://app@db/app"
+    )
+    assert not replay.redact(replay_file)
 
 
 def test_template_code_is_ruff_clean() -> None:

@@ -66,15 +66,6 @@ async def test_pool_settings_come_from_environment_variables(
     await assert_pool_limits(settings, size=baked["pool_size"].default + 1, overflow=1, wait=0.3)
 
 
-def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:s3cret@db.internal:5432/app")
-
-    settings = Settings(_env_file=None)
-
-    assert settings.database_url.get_secret_value().endswith("@db.internal:5432/app")
-    assert "s3cret" not in repr(settings)
-
-
 async def test_file_sqlite_gets_a_queue_pool_with_the_settings(tmp_path) -> None:
     settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/app.db", pool_size=4)
 
@@ -177,3 +168,30 @@ async def test_workers_starting_together_create_the_schema_once(database_url: st
     finally:
         for database in databases:
             await database.dispose()
+
+
+@requires_postgres
+@pytest.mark.parametrize(
+    ("workers", "pool_size", "max_overflow", "warned"),
+    [(1, 5, 10, False), (20, 5, 5, True)],
+    ids=["within-budget", "over-budget"],
+)
+async def test_startup_warns_when_workers_pools_exceed_max_connections(
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    workers: int,
+    pool_size: int,
+    max_overflow: int,
+    warned: bool,
+) -> None:
+    settings = make_settings(
+        database_url, workers=workers, pool_size=pool_size, max_overflow=max_overflow
+    )
+    async with serve(settings):
+        pass
+
+    warnings = [r.getMessage() for r in caplog.records if "Connection budget" in r.getMessage()]
+    assert bool(warnings) is warned
+    if warned:
+        assert f"= {workers} x ({pool_size} + {max_overflow}) = {workers * 10}" in warnings[0]
+        assert "max_connections=" in warnings[0]

@@ -9,13 +9,13 @@ from fastapi import FastAPI
 from . import health, routes
 from .database import DATABASE_ERRORS, Database
 from .models import Base
-from .settings import Settings
+from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

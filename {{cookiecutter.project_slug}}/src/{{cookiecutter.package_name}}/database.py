@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
+from .connection_budget import warn_if_over_budget
 from .settings import Settings
 
 # How "the database cannot be used" surfaces: SQLAlchemy's errors, and the raw OSErrors
@@ -70,6 +71,7 @@ class Database:
     """
 
     def __init__(self, settings: Settings, metadata: MetaData) -> None:
+        self.settings = settings
         self.metadata = metadata
         self.schema_ready = False
         # str() of a URL masks the password, so ``self.url`` is safe to log.
@@ -100,14 +102,16 @@ class Database:
     async def check(self) -> None:
         """Raise one of ``DATABASE_ERRORS`` unless the database answers and has its tables.
 
-        Tables are created on the first check that reaches the database, so an app that
-        started while the database was down becomes ready once it is back.
+        The first check that reaches the database creates the tables and compares the pool
+        with the server's connection limit, so an app that started while the database was
+        down does both once it is back.
         """
         async with self.engine.begin() as connection:
             if self.schema_ready:
                 await connection.execute(text("SELECT 1"))
             else:
                 await create_schema(connection, self.metadata)
+                await warn_if_over_budget(connection, self.settings)
                 self.schema_ready = True
 
     async def dispose(self) -> None:

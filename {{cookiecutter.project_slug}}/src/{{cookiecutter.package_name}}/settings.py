@@ -4,8 +4,22 @@ Each field can be overridden by an environment variable of the same name in uppe
 (``DATABASE_URL``, ``POOL_SIZE``, ...); the defaults are the answers given at bake time.
 """
 
-from pydantic import Field, SecretStr
+import sys
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+# The async driver the app uses for each database, whatever driver a URL names.
+ASYNC_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+SUPPORTED_URLS = (
+    "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
+)
 
 
 class Settings(BaseSettings):
@@ -13,7 +27,7 @@ class Settings(BaseSettings):
 
     # A secret so that repr(), logs and validation errors never show the password.
     database_url: SecretStr = SecretStr(
-        {{ cookiecutter.database_url | without_password | python_string }},
+        {{ cookiecutter.database_url | public_database_url | python_string }},
     )
     # 0 would mean "no limit" to SQLAlchemy, so at least one connection.
     pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1)
@@ -25,3 +39,46 @@ class Settings(BaseSettings):
     pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1)
     # Test each connection with a round trip before use, so a restarted server costs no errors.
     pool_pre_ping: bool = {{ cookiecutter.pool_pre_ping }}
+    # Worker processes serving the app (uvicorn --workers), each with its own pool: the
+    # startup check against the server's max_connections counts this many pools.
+    workers: int = Field(default={{ cookiecutter.workers | int }}, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def use_async_driver(cls, value: SecretStr) -> SecretStr:
+        """Accept the URL forms people paste (postgres://, sslmode=) for the async drivers.
+
+        The messages never quote the URL: it may hold the password.
+        """
+        try:
+            url = make_url(value.get_secret_value())
+        except (ArgumentError, ValueError):
+            raise ValueError(f"not a database URL; accepted: {SUPPORTED_URLS}") from None
+        driver = ASYNC_DRIVERS.get(url.drivername.split("+")[0])
+        if driver is None:
+            unsupported = f"the database {url.drivername!r} is not supported"
+            raise ValueError(f"{unsupported}; accepted: {SUPPORTED_URLS}")
+        if "@" in (url.host or ""):
+            raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
+        if "password" in url.query:
+            raise ValueError("the password belongs after the user name, not in the query string")
+        url = url.set(drivername=driver)
+        if "sslmode" in url.query:
+            # libpq's name for it; asyncpg takes the same values as "ssl".
+            ssl = url.query["sslmode"]
+            url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
+        return SecretStr(url.render_as_string(hide_password=False))
+
+
+def load_settings() -> Settings:
+    """The settings, or an exit with one line per invalid setting instead of a traceback."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        lines = ["Invalid settings (environment variables, .env or the defaults in settings.py):"]
+        for problem in error.errors():
+            name = str(problem["loc"][0]).upper()
+            # The URL is never shown: it may hold the password.
+            shown = name if name == "DATABASE_URL" else f"{name}={problem['input']!r}"
+            lines.append(f"{shown}: {problem['msg'].removeprefix('Value error, ')}")
+        sys.exit("\n".join(lines))

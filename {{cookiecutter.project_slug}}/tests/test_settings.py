@@ -1,0 +1,84 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .support import make_settings
+
+
+def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:s3cret@db.internal:5432/app")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.database_url.get_secret_value().endswith("@db.internal:5432/app")
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgres://app:pw@db/app", "postgresql+asyncpg://app:pw@db/app"),
+        ("postgresql://app:pw@db:5433/app", "postgresql+asyncpg://app:pw@db:5433/app"),
+        ("postgresql+psycopg://app@db/app", "postgresql+asyncpg://app@db/app"),
+        ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
+        ("sqlite:///./local.db", "sqlite+aiosqlite:///./local.db"),
+        ("postgresql+asyncpg://app:p%40ss@db/app", "postgresql+asyncpg://app:p%40ss@db/app"),
+    ],
+)
+def test_common_url_forms_use_the_async_drivers(given: str, used: str) -> None:
+    assert make_settings(given).database_url.get_secret_value() == used
+
+
+def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
+    """Import the app as uvicorn would, in a folder without a .env file."""
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-c", "import {{ cookiecutter.package_name }}.main"],
+        cwd=tmp_path,
+        env=env | environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
+    started = start_app(tmp_path, POOL_SIZE="abc", MAX_OVERFLOW="-5", POOL_TIMEOUT="0")
+
+    assert started.returncode == 1
+    assert "Traceback" not in started.stderr
+    lines = started.stderr.strip().splitlines()
+    assert lines[0].startswith("Invalid settings")
+    assert lines[1].startswith("POOL_SIZE='abc': Input should be a valid integer")
+    assert lines[2] == "MAX_OVERFLOW='-5': Input should be greater than or equal to -1"
+    assert lines[3] == "POOL_TIMEOUT='0': Input should be greater than 0"
+    assert len(lines) == 4
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql+aiomysql://app:hunter2@db/app", "the database 'mysql+aiomysql' is not supported"),
+        ("postgresql+asyncpg://app:hun@ter2@db/app", "unencoded '@'"),
+        ("postgresql+asyncpg://app@db/app?password=hunter2", "not in the query string"),
+        ("hunter2", "not a database URL"),
+    ],
+)
+def test_bad_database_url_stops_the_app_without_showing_it(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    started = start_app(tmp_path, DATABASE_URL=url)
+
+    assert started.returncode == 1
+    assert "Traceback" not in started.stderr
+    (line,) = [line for line in started.stderr.splitlines() if line.startswith("DATABASE_URL:")]
+    assert expected in line
+    assert "hunter2" not in started.stderr
+    assert "ter2" not in started.stderr
