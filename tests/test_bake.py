@@ -157,7 +157,7 @@ BAD_ANSWERS = [
     (["db_max_connections=none"], "db_max_connections: 'none' is not a whole number"),
     (["database_url=mysql://app:hunter2@db/app"], "the driver 'mysql', which is not supported"),
     (["database_url=nonsense"], "database_url: 'nonsense' is not a database URL"),
-    (["database_url=postgresql+asyncpg://app:hunter2@db:port/app"], "has the port 'port'; accepted:"),
+    (["database_url=postgresql+asyncpg://app:hunter2@db:port/app"], "has the port 'port'"),
     (["database_url=postgresql+asyncpg://app:hunter2@db:5432"], "names no database"),
     (["database_url=postgresql+asyncpg://app:hun@ter2@db/app"], "has more than one '@'"),
     (["database_url=postgresql+asyncpg://app@db/app?password=hunter2"], "in the query string"),
