@@ -1,22 +1,50 @@
 """Fixtures for baking the template and running what it bakes."""
 
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from .support import BakedVenv
+from .support import BakedVenv, PasswordCheckingPostgres, postgres_admin
+
+
+def need(reason: str) -> None:
+    """Skip a test that lacks a real part, except in CI, where every case must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run every case")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
-    """The PostgreSQL server to test against; in CI its absence fails instead of skipping."""
+    """The PostgreSQL server to test against."""
     url = os.environ.get("TEST_DATABASE_URL", "")
     if not url.startswith("postgresql"):
-        reason = "TEST_DATABASE_URL is not set to a PostgreSQL URL (.ci/run sets it)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the PostgreSQL cases")
-        pytest.skip(reason)
+        need("TEST_DATABASE_URL is not set to a PostgreSQL URL (.ci/run sets it)")
     return url
+
+
+@pytest.fixture
+def scratch_database(postgres_url: str) -> Iterator[str]:
+    """The URL of a database of the test's own on the PostgreSQL server, dropped afterwards."""
+    name = f"scratch_{uuid.uuid4().hex[:12]}"
+    postgres_admin(postgres_url, f'CREATE DATABASE "{name}"')
+    yield postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    postgres_admin(postgres_url, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def password_checking_postgres() -> Iterator[PasswordCheckingPostgres]:
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb or os.geteuid() != 0 or not shutil.which("runuser"):
+        need("a PostgreSQL server of its own needs Debian's postgresql package, root and runuser")
+    server = PasswordCheckingPostgres(initdb[-1].parent)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,20 @@
-"""Helpers for the template's tests: running commands and the shared baked virtualenv."""
+"""Helpers for the template's tests: baking, running commands, serving baked apps."""
 
+import asyncio
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import asyncpg
+import httpx
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 
@@ -49,3 +61,145 @@ class BakedVenv:
 
     def bin(self, name: str) -> Path:
         return self.path / "bin" / name
+
+
+SETTINGS_VARIABLES = (
+    "DATABASE_URL",
+    "POOL_SIZE",
+    "MAX_OVERFLOW",
+    "POOL_TIMEOUT",
+    "POOL_RECYCLE",
+    "POOL_PRE_PING",
+    "WORKERS",
+    "TEST_DATABASE_URL",
+)
+
+
+def clean_environment(**extra: str) -> dict[str, str]:
+    """This process's environment without any setting that could mask the baked defaults."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES}
+    return env | extra
+
+
+def package_name(project: Path) -> str:
+    (package,) = (project / "src").iterdir()
+    return package.name
+
+
+def bake_and_install(cookies, venv: BakedVenv, context: dict) -> Path:
+    result = cookies.bake(extra_context=context)
+    assert result.exit_code == 0, result.exception
+    venv.install(result.project_path)
+    return result.project_path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A running baked app: where it answers, and what it printed once it stopped."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.output = ""
+
+
+@contextmanager
+def uvicorn_server(venv: BakedVenv, project: Path, env: dict[str, str]) -> Iterator[Server]:
+    """Serve the baked app with uvicorn on a free loopback port; stop it afterwards."""
+    port = free_port()
+    app = f"{package_name(project)}.main:app"
+    process = subprocess.Popen(
+        [str(venv.bin("uvicorn")), app, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                httpx.get(f"{server.base_url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "uvicorn did not start within 30 s"
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        server.output = process.communicate(timeout=30)[0]
+    # uvicorn shuts down gracefully, then exits by the signal it got (uvicorn >= 0.29).
+    assert process.returncode in (0, -signal.SIGTERM), server.output
+    assert "Application shutdown complete." in server.output, server.output
+    assert "Traceback" not in server.output, server.output
+
+
+async def _execute(server_url: str, statements: tuple[str, ...]) -> None:
+    connection = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def postgres_admin(server_url: str, *statements: str) -> None:
+    """Run statements (CREATE DATABASE and the like) on a PostgreSQL server as its admin."""
+    asyncio.run(_execute(server_url, statements))
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class PasswordCheckingPostgres:
+    """A PostgreSQL server of the test's own that checks passwords (scram-sha-256).
+
+    The machine's server trusts every connection from 127.0.0.1, so it cannot show that a
+    password made it through intact. This one listens on 127.0.0.1 on a free port, lets its
+    superuser in over its Unix socket only, and is removed when stopped.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.base = Path(tempfile.mkdtemp(prefix="pool-template-pg-"))
+        self.port = free_port()
+        self.admin_url = f"postgresql://postgres@/postgres?host={self.base}&port={self.port}"
+
+    def _as_postgres(self, program: str, *args: str | Path) -> None:
+        done = run("runuser", "-u", "postgres", "--", self.bindir / program, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    def start(self) -> None:
+        shutil.chown(self.base, "postgres")
+        data = self.base / "data"
+        self._as_postgres(
+            "initdb", "-D", data, "-U", "postgres",
+            "--auth-local=trust", "--auth-host=scram-sha-256",
+        )  # fmt: skip
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+        self._as_postgres(
+            "pg_ctl", "-D", data, "-l", self.base / "log", "-w", "-o", options, "start"
+        )
+
+    def stop(self) -> None:
+        self._as_postgres("pg_ctl", "-D", self.base / "data", "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.base)
+
+
+def bake_with_cli(tmp_path: Path, *answers: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Bake as a user does, with the cookiecutter command; HOME, so replay files, in tmp_path."""
+    output = tmp_path / "out"
+    output.mkdir(exist_ok=True)
+    cookiecutter = Path(sys.executable).parent / "cookiecutter"
+    env = os.environ | {"HOME": str(tmp_path / "home")}
+    env.pop("COOKIECUTTER_CONFIG", None)
+    result = run(cookiecutter, TEMPLATE_DIR, "--no-input", "-o", output, *answers, env=env)
+    return result, output

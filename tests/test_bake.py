@@ -1,7 +1,6 @@
 """Bakes that must succeed, and what every baked file must look like."""
 
 import ast
-import os
 import re
 import subprocess
 import sys
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import TEMPLATE_DIR, run
+from .support import bake_with_cli, run
 from .variants import POSTGRES_PASSWORD, POSTGRES_URL_WITH_PASSWORD, VARIANTS
 
 EXPECTED_FILES = [
@@ -177,17 +176,6 @@ BAD_ANSWERS = [
         "connection budget: workers x (pool_size + max_overflow) = 8 x (5 + 10) = 120 connections",
     ),
 ]  # fmt: skip
-
-
-def bake_with_cli(tmp_path: Path, *answers: str):
-    """Bake as a user does, with the cookiecutter command; HOME, so replay files, in tmp_path."""
-    output = tmp_path / "out"
-    output.mkdir(exist_ok=True)
-    cookiecutter = Path(sys.executable).parent / "cookiecutter"
-    env = os.environ | {"HOME": str(tmp_path / "home")}
-    env.pop("COOKIECUTTER_CONFIG", None)
-    result = run(cookiecutter, TEMPLATE_DIR, "--no-input", "-o", output, *answers, env=env)
-    return result, output
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
             raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
         if "password" in url.query:
             raise ValueError("the password belongs after the user name, not in the query string")
+        if driver == url.drivername and "sslmode" not in url.query:
+            return value  # as given: re-rendering would percent-encode it anew
         url = url.set(drivername=driver)
         if "sslmode" in url.query:
             # libpq's name for it; asyncpg takes the same values as "ssl".
