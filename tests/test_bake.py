@@ -122,6 +122,8 @@ def test_password_is_only_in_the_git_ignored_env_file(cookies) -> None:
     assert ".env.example" in tracked
     for name in tracked:
         assert POSTGRES_PASSWORD not in (project / name).read_text(encoding="utf-8"), name
+    settings = (project / "src" / "my_service" / "settings.py").read_text(encoding="utf-8")
+    assert '"postgresql+asyncpg://app:change-me@127.0.0.1:5432/app"' in settings
     env_file = project / ".env"
     assert POSTGRES_URL_WITH_PASSWORD in env_file.read_text(encoding="utf-8")
     assert env_file.stat().st_mode & 0o077 == 0, ".env must be readable by its owner only"
@@ -215,7 +217,7 @@ def test_unlimited_overflow_bakes_with_a_warning(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("typed", "used"),
     [
-        ("postgres://app:hunter2@db:5432/app", "postgresql+asyncpg://app@db:5432/app"),
+        ("postgres://app:hunter2@db:5432/app", "postgresql+asyncpg://app:change-me@db:5432/app"),
         ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
         ("postgresql+psycopg://app@db/app", "postgresql+asyncpg://app@db/app"),
         ("sqlite:///./data/app.db", "sqlite+aiosqlite:///./data/app.db"),

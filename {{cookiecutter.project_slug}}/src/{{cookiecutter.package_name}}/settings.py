@@ -27,7 +27,7 @@ class Settings(BaseSettings):
 
     # A secret so that repr(), logs and validation errors never show the password.
     database_url: SecretStr = SecretStr(
-        {{ cookiecutter.database_url | public_database_url | python_string }},
+        {{ cookiecutter.database_url | database_url_with_placeholder | python_string }},
     )
     # 0 would mean "no limit" to SQLAlchemy, so at least one connection.
     pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1)
