@@ -28,6 +28,16 @@ ASYNC_SCHEMES = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 
+# URL query keys that SQLAlchemy's asyncpg dialect hands to asyncpg.connect() as valid
+# strings; others (connect_timeout, application_name, ...) would stop the app at start.
+POSTGRES_QUERY_KEYS = (
+    "ssl",
+    "host",
+    "target_session_attrs",
+    "passfile",
+    "prepared_statement_cache_size",
+)
+
 _URL_PATTERN = re.compile(
     r"""
     (?P<scheme>[\w+]+)://
@@ -100,15 +110,25 @@ def normalise(url: str) -> tuple[str, list[str]]:
         notices.append(f"database_url: {parsed.scheme}:// is used as {scheme}://")
         parsed = parsed._replace(scheme=scheme)
     if parsed.query and re.search(r"(^|&)sslmode=", parsed.query):
-        # libpq's name for it; asyncpg takes the same values as "ssl".
-        parsed = parsed._replace(query=re.sub(r"(^|&)sslmode=", r"\1ssl=", parsed.query))
+        # libpq's name for it; asyncpg takes the same values as "ssl" (which wins if given).
+        if re.search(r"(^|&)ssl=", parsed.query):
+            query = re.sub(r"(^|&)sslmode=[^&]*", "", parsed.query).lstrip("&")
+        else:
+            query = re.sub(r"(^|&)sslmode=", r"\1ssl=", parsed.query)
+        parsed = parsed._replace(query=query or None)
         notices.append("database_url: sslmode= is used as asyncpg's ssl=")
     return parsed.full, notices
 
 
 def mask(text: str) -> str:
-    """Hide whatever may be a password in text that does not parse as a URL."""
-    return re.sub(r"[^/]*@", "***@", text.strip(), count=1)
+    """Hide whatever may be a password: everything between the scheme and the last '@'."""
+    text = text.strip()
+    if "@" not in text:
+        return text
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        scheme, rest = "", text
+    return f"{scheme}{separator}***@{rest.rsplit('@', 1)[1]}"
 
 
 def problems(url: str) -> list[str]:
@@ -117,6 +137,12 @@ def problems(url: str) -> list[str]:
         return [f"database_url: it is empty; accepted: {SUPPORTED_FORMS}"]
     if re.search(r"\s", url.strip()):
         return [f"database_url: it contains a space or a line break; {ENCODING_HINT}"]
+    if url.count("@") > 1:
+        # Not shown: the text between the '@'s is part of the password.
+        return [
+            f"database_url: {mask(url)!r} has more than one '@', so the password would be cut "
+            f"at the first one; {ENCODING_HINT}"
+        ]
     parsed = parse(url)
     if parsed is None:
         return [f"database_url: {mask(url)!r} is not a database URL; accepted: {SUPPORTED_FORMS}"]
@@ -125,12 +151,6 @@ def problems(url: str) -> list[str]:
         return [
             f"database_url: {shown!r} uses the driver {parsed.scheme!r}, which is not supported; "
             f"accepted: {SUPPORTED_FORMS}"
-        ]
-    if "@" in (parsed.host or "") or "@" in (parsed.username or ""):
-        # Not shown: the part after the first '@' holds the rest of the password.
-        return [
-            "database_url: the URL has more than one '@', so the password would be cut at the "
-            f"first one; {ENCODING_HINT}"
         ]
     if parsed.scheme == "sqlite+aiosqlite":
         if parsed.host or parsed.username is not None or parsed.port is not None:
@@ -151,9 +171,15 @@ def problems(url: str) -> list[str]:
             f"database_url: {shown!r} names no database; accepted: "
             "postgresql+asyncpg://user:password@host:5432/dbname"
         )
-    if parsed.query and re.search(r"(^|&)password=", parsed.query):
+    keys = [pair.partition("=")[0] for pair in (parsed.query or "").split("&") if pair]
+    if "password" in keys:
         found.append(
             "database_url: the password is in the query string, where it would be logged; "
             "accepted: postgresql+asyncpg://user:password@host:5432/dbname"
+        )
+    elif unknown := [key for key in keys if key not in POSTGRES_QUERY_KEYS]:
+        found.append(
+            f"database_url: the query parameter(s) {', '.join(unknown)} would stop asyncpg "
+            f"from connecting; accepted: {', '.join(POSTGRES_QUERY_KEYS)} (sslmode is read as ssl)"
         )
     return found

@@ -14,7 +14,7 @@ from jinja2 import Environment
 from jinja2.ext import Extension
 
 from hooks import database_url, replay
-from hooks.validation import check_answers
+from hooks.validation import check_answers, parse_boolean
 
 
 def toml_string(value: object) -> str:
@@ -31,14 +31,31 @@ def python_string(value: object) -> str:
     """A Python string literal that reads back as ``value``, quoted the way ruff formats it.
 
     Double quotes unless the text holds more double than single quotes; the escapes are
-    JSON's, which Python shares.
+    JSON's, which Python shares, and non-ASCII characters are escaped so that look-alikes
+    of quotes and dashes (which ruff flags) cannot hide in the source.
     """
     text = str(value)
-    double_quoted = toml_string(text)
-    if text.count('"') <= text.count("'"):
-        return double_quoted
-    inner = double_quoted[1:-1].replace('\\"', '"').replace("'", "\\'")
-    return f"'{inner}'"
+    literal = toml_string(text)
+    if text.count('"') > text.count("'"):
+        literal = "'" + literal[1:-1].replace('\\"', '"').replace("'", "\\'") + "'"
+    return "".join(
+        char
+        if char.isascii()
+        else f"\\u{ord(char):04x}"
+        if ord(char) <= 0xFFFF
+        else f"\\U{ord(char):08x}"
+        for char in literal
+    )
+
+
+def python_bool(value: object) -> str:
+    return str(parse_boolean(value))
+
+
+def seconds(value: object) -> str:
+    """A checked number of seconds as written in settings: 30, not 30.0; 2.5 as is."""
+    number = float(str(value).strip())
+    return str(int(number)) if number.is_integer() else str(number)
 
 
 def _parsed_url(url: str) -> database_url.DatabaseUrl:
@@ -93,6 +110,8 @@ class TemplateExtension(Extension):
         super().__init__(environment)
         environment.filters["toml_string"] = toml_string
         environment.filters["python_string"] = python_string
+        environment.filters["python_bool"] = python_bool
+        environment.filters["seconds"] = seconds
         environment.filters["public_database_url"] = public_database_url
         environment.filters["database_url_with_placeholder"] = database_url_with_placeholder
         environment.filters["reject_bad_answers"] = reject_bad_answers

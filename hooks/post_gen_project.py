@@ -16,7 +16,12 @@ url, _ = database_url.normalise(ANSWERS["database_url"])
 if write_env_file(project_dir, url):
     print(
         f"The database URL with its password is in {project_dir / '.env'} (git-ignored, "
-        "owner-only); tracked files carry it without the password."
+        "owner-only); tracked files carry it with change-me in place of the password."
+    )
+else:
+    print(
+        "The database URL has no password; it is the default in settings.py. If the server "
+        "needs one, set DATABASE_URL in .env (git-ignored), as .env.example shows."
     )
 print(
     f"""

@@ -20,12 +20,17 @@ MAX_PROJECT_NAME_LENGTH = 80
 SUPERUSER_RESERVED_CONNECTIONS = 3
 # Names the package must not take: importing it would shadow what the app runs on.
 DEPENDENCY_MODULES = frozenset({
-    "aiosqlite", "alembic", "annotated_types", "anyio", "asgi_lifespan", "asyncpg", "click",
-    "dotenv", "fastapi", "greenlet", "h11", "httpcore", "httptools", "httpx", "idna",
-    "pydantic", "pydantic_core", "pydantic_settings", "pytest", "ruff", "sniffio",
-    "sqlalchemy", "starlette", "tests", "typing_extensions", "uvicorn", "uvloop",
-    "watchfiles", "websockets", "yaml",
+    "_pytest", "aiosqlite", "alembic", "annotated_doc", "annotated_types", "anyio",
+    "asgi_lifespan", "asyncpg", "certifi", "click", "coverage", "dotenv", "editables",
+    "email_validator", "fastapi", "greenlet", "h11", "h2", "hatchling", "httpcore",
+    "httptools", "httpx", "idna", "iniconfig", "jinja2", "markdown_it", "markupsafe", "mdurl",
+    "mypy", "packaging", "pathspec", "pip", "pluggy", "py", "pydantic", "pydantic_core",
+    "pydantic_settings", "pygments", "pytest", "rich", "ruff", "setuptools", "six", "sniffio",
+    "sqlalchemy", "starlette", "tests", "typing_extensions", "typing_inspection", "uvicorn",
+    "uvloop", "watchfiles", "websockets", "wheel", "yaml",
 })  # fmt: skip
+BOOLEAN_WORDS = {"yes": True, "y": True, "true": True, "1": True, "on": True,
+                 "no": False, "n": False, "false": False, "0": False, "off": False}  # fmt: skip
 STANDARD_LIBRARY = frozenset(getattr(sys, "stdlib_module_names", ())) | {"test"}
 
 
@@ -37,7 +42,7 @@ class Report(NamedTuple):
 def parse_integer(name: str, value: object, low: int, high: int, accepted: str):
     """The whole number in ``value``, or a problem line when it is not one in [low, high]."""
     text = str(value).strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a whole number; accepted: {accepted}"
     number = int(text)
@@ -48,11 +53,10 @@ def parse_integer(name: str, value: object, low: int, high: int, accepted: str):
 
 def parse_seconds(name: str, value: object, accepted: str):
     text = str(value).strip()
-    try:
-        seconds = float(text)
-    except ValueError:
+    if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a number; accepted: {accepted}"
+    seconds = float(text)
     if not (math.isfinite(seconds) and 0 < seconds <= MAX_NUMBER):
         return None, f"{name}: {text} is out of range; accepted: {accepted}"
     return seconds, None
@@ -62,7 +66,7 @@ def single_line_problems(answers: dict) -> list[str]:
     found = []
     for name in ("project_name", "description", "author_name", "author_email"):
         text = str(answers.get(name, ""))
-        if re.search(r"[\x00-\x1f\x7f]", text):
+        if not text.isprintable():  # line breaks, tabs and other control characters
             found.append(
                 f"{name}: {text!r} has a line break or control character; accepted: one line"
             )
@@ -107,6 +111,12 @@ def package_name_problems(name: str) -> list[str]:
     return []
 
 
+def parse_boolean(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    return BOOLEAN_WORDS.get(str(value).strip().lower())
+
+
 def check_answers(answers: dict) -> Report:
     """Every problem with the answers, and the notices worth telling the user."""
     problems = [
@@ -140,10 +150,16 @@ def check_answers(answers: dict) -> Report:
     )
     problems += [problem] if problem else []
     max_connections, problem = parse_integer(
-        "db_max_connections", answers["db_max_connections"], 1, MAX_NUMBER,
-        f"the PostgreSQL server's max_connections, a whole number from 1 to {MAX_NUMBER}",
+        "db_max_connections", answers["db_max_connections"],
+        SUPERUSER_RESERVED_CONNECTIONS + 1, MAX_NUMBER,
+        f"the PostgreSQL server's max_connections, a whole number from "
+        f"{SUPERUSER_RESERVED_CONNECTIONS + 1} to {MAX_NUMBER}",
     )  # fmt: skip
     problems += [problem] if problem else []
+    if parse_boolean(answers["pool_pre_ping"]) is None:
+        problems.append(
+            f"pool_pre_ping: {str(answers['pool_pre_ping'])!r} is not yes or no; accepted: yes, no"
+        )
 
     url, url_notices = database_url.normalise(str(answers["database_url"]))
     url_problems = database_url.problems(url)
@@ -155,12 +171,14 @@ def check_answers(answers: dict) -> Report:
             "Warning: max_overflow -1 means no limit: under load each worker opens as many "
             "connections as it has requests waiting, bounded only by the database server"
         )
-    elif (
+    if (
         None not in (pool_size, max_overflow, workers, max_connections)
         and not url_problems
         and url.startswith("postgresql")
     ):
-        problems += budget_problems(workers, pool_size, max_overflow, max_connections)
+        # With no overflow limit, the pools held open must fit all the same.
+        overflow = max(max_overflow, 0)
+        problems += budget_problems(workers, pool_size, overflow, max_connections)
     return Report(problems, notices)
 
 

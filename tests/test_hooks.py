@@ -76,8 +76,47 @@ def test_placeholder_replaces_only_a_password() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:pX7@qZ9:w0rd@h/db",
+        "postgresql://u:pX7@qZ9/w0rd@h/db",
+        "postgresql://u:pX7@qZ9?w0rd@h/db",
+        "mysql://u:pX7@qZ9:w0rd@h/db",
+    ],
+)
+def test_unencoded_at_is_refused_without_showing_any_part_of_the_password(url: str) -> None:
+    problems, _ = check_answers(DEFAULT_ANSWERS | {"database_url": url})
+
+    assert len(problems) == 1
+    assert "more than one '@'" in problems[0]
+    assert "%40" in problems[0]
+    assert not any(fragment in problems[0] for fragment in ("pX7", "qZ9", "w0rd"))
+
+
+@pytest.mark.parametrize(
+    ("query", "accepted"),
+    [
+        ("ssl=require&target_session_attrs=primary", True),
+        ("host=/var/run/postgresql", True),
+        ("connect_timeout=10", False),
+        ("application_name=svc", False),
+    ],
+)
+def test_only_query_parameters_asyncpg_takes_are_accepted(query: str, accepted: bool) -> None:
+    url = f"postgresql+asyncpg://app@db/app?{query}"
+
+    problems, _ = check_answers(DEFAULT_ANSWERS | {"database_url": url})
+
+    assert (problems == []) is accepted
+
+
+@pytest.mark.parametrize(
     ("typed", "used"),
     [
+        (
+            "postgresql://u@h/db?ssl=require&sslmode=verify-full",
+            "postgresql+asyncpg://u@h/db?ssl=require",
+        ),
         ("postgres://u:pw@h/db", "postgresql+asyncpg://u:pw@h/db"),
         ("postgresql://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db"),
         ("postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
@@ -123,7 +162,11 @@ def test_default_answers_have_no_problems() -> None:
         ({"pool_size": "0"}, "pool_size: 0 is out of range"),
         ({"pool_size": "5.5"}, "pool_size: '5.5' is not a whole number"),
         ({"max_overflow": "-2"}, "max_overflow: -2 is out of range"),
-        ({"pool_timeout": "inf"}, "pool_timeout: inf is out of range"),
+        ({"pool_timeout": "inf"}, "pool_timeout: 'inf' is not a number"),
+        ({"pool_size": "\u0665"}, "pool_size: '\u0665' is not a whole number"),
+        ({"pool_pre_ping": "maybe"}, "pool_pre_ping: 'maybe' is not yes or no"),
+        ({"db_max_connections": "3"}, "db_max_connections: 3 is out of range"),
+        ({"project_name": "Line\u2028separator"}, "project_name: 'Line\\u2028separator' has a"),
         ({"pool_recycle": "-5"}, "pool_recycle: -5 is out of range"),
         ({"package_name": "class"}, "package_name: 'class' is a Python keyword"),
         ({"package_name": "asyncio"}, "package_name: 'asyncio' would shadow"),
@@ -154,6 +197,14 @@ def test_budget_fits_exactly_at_the_limit() -> None:
     answers = POSTGRES | {"workers": "97", "pool_size": "1", "max_overflow": "0"}
 
     assert check_answers(DEFAULT_ANSWERS | answers).problems == []
+
+
+def test_unlimited_overflow_still_needs_the_pools_held_open_to_fit() -> None:
+    answers = POSTGRES | {"max_overflow": "-1", "workers": "50", "pool_size": "100"}
+
+    problems, _ = check_answers(DEFAULT_ANSWERS | answers)
+
+    assert "= 50 x (100 + 0) = 5000 connections" in problems[0]
 
 
 def test_unlimited_overflow_is_accepted_with_a_warning() -> None:
@@ -198,10 +249,26 @@ def test_template_code_is_ruff_clean() -> None:
     ["p%40ss%23w%24rd", "it's", 'say "hi"', "a b #c", "${HOME}", "back\\slash", "tick`"],
 )
 def test_env_file_gives_the_url_back_to_dotenv_and_sqlalchemy(tmp_path: Path, password: str):
-    url = f"postgresql+asyncpg://app:{password}@db:5432/app"
+    url = f"postgresql+asyncpg://o'brien:{password}@db:5432/app's db"
 
     assert write_env_file(tmp_path, url)
 
     # The parsers the baked app reads it with: pydantic-settings' python-dotenv, SQLAlchemy.
-    read_back = dotenv_values(tmp_path / ".env")["DATABASE_URL"]
-    assert make_url(read_back).password == make_url(url).password
+    read_back = make_url(dotenv_values(tmp_path / ".env")["DATABASE_URL"])
+    assert read_back.password == make_url(url).password
+    assert (read_back.username, read_back.database) == ("o'brien", "app's db")
+
+
+def test_env_file_keeps_other_settings_and_is_never_readable_by_others(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SECRET_KEY=abc\nDATABASE_URL=old\nPOOL_SIZE=7\n")
+    env_file.chmod(0o644)
+
+    write_env_file(tmp_path, "postgresql+asyncpg://app:new@db/app")
+
+    assert dotenv_values(env_file) == {
+        "SECRET_KEY": "abc",
+        "POOL_SIZE": "7",
+        "DATABASE_URL": "postgresql+asyncpg://app:new@db/app",
+    }
+    assert env_file.stat().st_mode & 0o077 == 0

@@ -35,7 +35,8 @@ VARIANTS = [
     ),
     pytest.param(
         {
-            "project_name": "A Rather Long Project Name For The Accounts Receivable Service",
+            # Quotes and dashes that ruff flags in source must arrive escaped.
+            "project_name": "Accounts Receivable\u2019s Service \u2013 Invoices, Credit Notes",
             # The longest package name accepted.
             "package_name": "accounts_receivable_service_for_invoices",
             "database_url": f"{POSTGRES_URL}?ssl=disable",
@@ -46,7 +47,7 @@ VARIANTS = [
         {
             "project_name": 'O\'Connor "Q" Service',
             "description": "Says \"hi\", a \\backslash and 'quotes' — ünïcode",
-            "author_name": "Zoë O'Brien",
+            "author_name": "Zoë O\u2019Brien \u2013 Café",
         },
         id="unusual-names",
     ),

@@ -29,6 +29,11 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
         ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
         ("sqlite:///./local.db", "sqlite+aiosqlite:///./local.db"),
         ("postgresql+asyncpg://app:p%40ss@db/app", "postgresql+asyncpg://app:p%40ss@db/app"),
+        (
+            "postgresql://app@db/app?ssl=require&sslmode=disable",
+            "postgresql+asyncpg://app@db/app?ssl=require",
+        ),
+        ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
     ],
 )
 def test_common_url_forms_use_the_async_drivers(given: str, used: str) -> None:
@@ -50,7 +55,9 @@ def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess
 
 
 def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
-    started = start_app(tmp_path, POOL_SIZE="abc", MAX_OVERFLOW="-5", POOL_TIMEOUT="0")
+    started = start_app(
+        tmp_path, POOL_SIZE="abc", MAX_OVERFLOW="-5", POOL_TIMEOUT="0", POOL_RECYCLE="100000"
+    )
 
     assert started.returncode == 1
     assert "Traceback" not in started.stderr
@@ -59,7 +66,8 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
     assert lines[1].startswith("POOL_SIZE='abc': Input should be a valid integer")
     assert lines[2] == "MAX_OVERFLOW='-5': Input should be greater than or equal to -1"
     assert lines[3] == "POOL_TIMEOUT='0': Input should be greater than 0"
-    assert len(lines) == 4
+    assert lines[4] == "POOL_RECYCLE='100000': Input should be less than or equal to 10000"
+    assert len(lines) == 5
 
 
 @pytest.mark.parametrize(
@@ -69,6 +77,12 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
         ("postgresql+asyncpg://app:hun@ter2@db/app", "unencoded '@'"),
         ("postgresql+asyncpg://app@db/app?password=hunter2", "not in the query string"),
         ("hunter2", "not a database URL"),
+        ("postgresql+asyncpg://app:hunter2@db:99999/app", "port must be a number from 1 to 65535"),
+        ("sqlite+aiosqlite://hunter2@db/app.db", "a SQLite URL names no host"),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?connect_timeout=10",
+            "asyncpg takes no connect_timeout",
+        ),
     ],
 )
 def test_bad_database_url_stops_the_app_without_showing_it(

@@ -17,6 +17,16 @@ ASYNC_DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
 }
+# URL query keys that asyncpg.connect() takes as strings; others stop it from connecting.
+POSTGRES_QUERY_KEYS = {
+    "ssl",
+    "host",
+    "target_session_attrs",
+    "passfile",
+    "prepared_statement_cache_size",
+}
+# Larger values are typing mistakes, not pool settings.
+MAX_NUMBER = 10_000
 SUPPORTED_URLS = (
     "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
 )
@@ -30,18 +40,18 @@ class Settings(BaseSettings):
         {{ cookiecutter.database_url | database_url_with_placeholder | python_string }},
     )
     # 0 would mean "no limit" to SQLAlchemy, so at least one connection.
-    pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1)
+    pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1, le=MAX_NUMBER)
     # -1 means no limit on connections above pool_size; below that SQLAlchemy breaks.
-    max_overflow: int = Field(default={{ cookiecutter.max_overflow | int }}, ge=-1)
+    max_overflow: int = Field(default={{ cookiecutter.max_overflow | int }}, ge=-1, le=MAX_NUMBER)
     # Seconds a request waits for a free connection before it fails.
-    pool_timeout: float = Field(default={{ cookiecutter.pool_timeout | float }}, gt=0)
+    pool_timeout: float = Field(default={{ cookiecutter.pool_timeout | float }}, gt=0, le=MAX_NUMBER, allow_inf_nan=False)
     # Seconds after which a connection is replaced at its next checkout; -1 = never.
-    pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1)
+    pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1, le=MAX_NUMBER)
     # Test each connection with a round trip before use, so a restarted server costs no errors.
-    pool_pre_ping: bool = {{ cookiecutter.pool_pre_ping }}
+    pool_pre_ping: bool = {{ cookiecutter.pool_pre_ping | python_bool }}
     # Worker processes serving the app (uvicorn --workers), each with its own pool: the
     # startup check against the server's max_connections counts this many pools.
-    workers: int = Field(default={{ cookiecutter.workers | int }}, ge=1)
+    workers: int = Field(default={{ cookiecutter.workers | int }}, ge=1, le=MAX_NUMBER)
 
     @field_validator("database_url")
     @classmethod
@@ -62,12 +72,21 @@ class Settings(BaseSettings):
             raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
         if "password" in url.query:
             raise ValueError("the password belongs after the user name, not in the query string")
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise ValueError("the port must be a number from 1 to 65535")
+        if driver.startswith("sqlite") and (url.host or url.username or url.port):
+            raise ValueError("a SQLite URL names no host: sqlite+aiosqlite:///path/to/app.db")
+        if driver.startswith("postgresql"):
+            unknown = sorted(set(url.query) - POSTGRES_QUERY_KEYS - {"sslmode"})
+            if unknown:
+                accepted = ", ".join(sorted(POSTGRES_QUERY_KEYS))
+                raise ValueError(f"asyncpg takes no {', '.join(unknown)}; accepted: {accepted}")
         if driver == url.drivername and "sslmode" not in url.query:
             return value  # as given: re-rendering would percent-encode it anew
         url = url.set(drivername=driver)
         if "sslmode" in url.query:
-            # libpq's name for it; asyncpg takes the same values as "ssl".
-            ssl = url.query["sslmode"]
+            # libpq's name for it; asyncpg takes the same values as "ssl" (which wins if given).
+            ssl = url.query.get("ssl", url.query["sslmode"])
             url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
         return SecretStr(url.render_as_string(hide_password=False))
 
