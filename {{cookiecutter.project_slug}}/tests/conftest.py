@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import make_url, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from {{ cookiecutter.package_name }}.models import Base
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .support import TEST_DATABASE_URL, USE_POSTGRES, make_settings, serve
@@ -24,6 +24,25 @@ from .support import TEST_DATABASE_URL, USE_POSTGRES, make_settings, serve
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # asyncpg and aiosqlite run on asyncio only
+
+
+@pytest.fixture(autouse=True)
+def no_connection_left_checked_out() -> Iterator[None]:
+    """Fail any test after which a pool, any pool, still has a connection checked out."""
+    checked_out: set[ConnectionPoolEntry] = set()
+
+    def on_checkout(_: object, record: ConnectionPoolEntry, __: object) -> None:
+        checked_out.add(record)
+
+    def on_checkin(_: object, record: ConnectionPoolEntry) -> None:
+        checked_out.discard(record)
+
+    event.listen(Pool, "checkout", on_checkout)
+    event.listen(Pool, "checkin", on_checkin)
+    yield
+    event.remove(Pool, "checkout", on_checkout)
+    event.remove(Pool, "checkin", on_checkin)
+    assert not checked_out, f"{len(checked_out)} connection(s) left checked out: a leak"
 
 
 async def _run_on_server(statement: str) -> None:
@@ -54,10 +73,12 @@ async def database_url(postgres_url: str | None, tmp_path: Path) -> AsyncIterato
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
         return
     yield postgres_url
+    # Everything the test made goes, the tables of tests' own included.
     engine = create_async_engine(postgres_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.drop_all)
+            await connection.execute(text("DROP SCHEMA public CASCADE"))
+            await connection.execute(text("CREATE SCHEMA public"))
     finally:
         await engine.dispose()
 

@@ -43,7 +43,7 @@ async def test_readiness_reports_dialect_and_pool_numbers(
     pool = body["pool"]
     assert pool["checked_out"] == 0  # the check's own connection is back
     assert pool["checked_in"] >= 1
-    for number in ("size", "checked_out", "checked_in", "overflow", "max_overflow"):
+    for number in ("size", "checked_out", "checked_in", "overflow", "max_overflow", "waiting"):
         assert isinstance(pool[number], int)
 
 

@@ -94,6 +94,7 @@ async def test_memory_sqlite_serves_concurrent_writes_from_one_database() -> Non
             "checked_in": 1,
             "overflow": 0,
             "max_overflow": 0,
+            "waiting": 0,
         }
 
 

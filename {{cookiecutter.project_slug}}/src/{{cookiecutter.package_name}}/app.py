@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from . import health, routes
 from .database import DATABASE_ERRORS, Database
+from .errors import add_error_handlers, describe
 from .models import Base
 from .settings import Settings, load_settings
 
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DATABASE_ERRORS as error:
             # Start anyway: /health answers and /health/db reports 503 until the database
             # is back, instead of an orchestrator restarting the process in a loop.
-            logger.error("Database %s unreachable at startup: %r", database.url, type(error))
+            logger.error("Database %s unreachable at startup: %s", database.url, describe(error))
         try:
             yield
         finally:
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title={{ cookiecutter.project_name | python_string }},
         lifespan=lifespan,
     )
+    add_error_handlers(app)
     app.include_router(routes.router)
     app.include_router(health.router)
     return app

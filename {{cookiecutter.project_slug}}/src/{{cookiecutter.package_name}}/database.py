@@ -1,10 +1,11 @@
 """The pooled async engine, its session factory and the per-request session dependency."""
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
@@ -15,12 +16,16 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
+from .admission import Admission, PoolBusyError
 from .connection_budget import warn_if_over_budget
 from .settings import Settings
 
-# How "the database cannot be used" surfaces: SQLAlchemy's errors, and the raw OSErrors
-# (refused, unknown host, timed out) that asyncpg raises while it connects.
-DATABASE_ERRORS = (SQLAlchemyError, OSError)
+logger = logging.getLogger(__name__)
+
+# How "the database cannot be used" surfaces: SQLAlchemy's errors, the app's own pool
+# admission timeout, and the raw OSErrors (refused, unknown host, timed out) that asyncpg
+# raises while it connects.
+DATABASE_ERRORS = (SQLAlchemyError, PoolBusyError, OSError)
 
 # Any fixed number: workers starting together take this lock in turn to create tables.
 SCHEMA_LOCK_ID = 7_241_857
@@ -56,6 +61,36 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
     }
 
 
+def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
+    """Timeouts for the driver, so that no request waits on the database without bound."""
+    if url.get_backend_name() == "sqlite":
+        # sqlite3's busy timeout: how long a writer waits for another writer's lock.
+        return {"timeout": settings.statement_timeout or settings.pool_timeout}
+    server_settings = {"application_name": "{{ cookiecutter.package_name }}"}
+    command_timeout = None
+    if settings.statement_timeout:
+        # The server cancels a statement past it and the connection stays usable; the
+        # client gives up a little later, in case the server itself has gone silent.
+        server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+        command_timeout = settings.statement_timeout + settings.connect_timeout
+    return {
+        "timeout": settings.connect_timeout,
+        "command_timeout": command_timeout,
+        "server_settings": server_settings,
+    }
+
+
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
+def use_sqlite_write_ahead_log(dbapi_connection: Any, _: object) -> None:
+    """WAL lets readers go on while one writer writes; a file database keeps the mode."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None:
     if connection.dialect.name == "postgresql":
         # Without it, workers starting together race to create the same tables.
@@ -76,19 +111,46 @@ class Database:
         self.schema_ready = False
         # str() of a URL masks the password, so ``self.url`` is safe to log.
         self.url = make_url(settings.database_url.get_secret_value())
-        self.engine = create_async_engine(self.url, **pool_options(self.url, settings))
+        self.engine = create_async_engine(
+            self.url,
+            connect_args=connect_args(self.url, settings),
+            # Error messages would otherwise quote the values of a failed statement.
+            hide_parameters=True,
+            **pool_options(self.url, settings),
+        )
+        self.admission = Admission(self.capacity, settings.pool_timeout, settings.pool_wait_warning)
         # expire_on_commit=False: objects stay readable after commit, while the response is
         # built. close_resets_only=False: a closed session refuses further use instead of
         # quietly checking out a new connection that nothing would return.
         self.session_factory = async_sessionmaker(
             self.engine, expire_on_commit=False, close_resets_only=False
         )
+        self.connections_opened = 0
+        event.listen(self.engine.sync_engine, "connect", self._count_connection)
+        event.listen(self.engine.sync_engine, "invalidate", self._log_invalidation)
+        if is_sqlite_file(self.url):
+            event.listen(self.engine.sync_engine, "connect", use_sqlite_write_ahead_log)
+
+    def _count_connection(self, *_: object) -> None:
+        self.connections_opened += 1
+
+    def _log_invalidation(self, _: object, __: object, error: BaseException | None) -> None:
+        # A dropped connection (server restart, failover, idle reaping) is replaced.
+        reason = type(error).__name__ if error is not None else "invalidated"
+        logger.warning("A pooled database connection was discarded: %s", reason)
+
+    @property
+    def capacity(self) -> int | None:
+        """The most connections the pool may have open at once; None for no limit."""
+        pool = self.engine.pool
+        return None if pool._max_overflow == -1 else pool.size() + pool._max_overflow
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now.
 
         ``overflow`` is the number of open connections beyond ``size`` (SQLAlchemy's own
-        counter starts at minus the pool size; it is clamped at 0 here).
+        counter starts at minus the pool size; it is clamped at 0 here). ``waiting`` counts
+        requests queued for a connection, which SQLAlchemy itself does not report.
         """
         pool = self.engine.pool
         return {
@@ -97,7 +159,13 @@ class Database:
             "checked_in": pool.checkedin(),
             "overflow": max(pool.overflow(), 0),
             "max_overflow": pool._max_overflow,  # no public accessor
+            "waiting": self.admission.waiting,
         }
+
+    @property
+    def saturated(self) -> bool:
+        """Every connection the pool may open is in use."""
+        return self.capacity is not None and self.engine.pool.checkedout() >= self.capacity
 
     async def check(self) -> None:
         """Raise one of ``DATABASE_ERRORS`` unless the database answers and has its tables.
@@ -115,19 +183,25 @@ class Database:
                 self.schema_ready = True
 
     async def dispose(self) -> None:
+        checked_out = self.engine.pool.checkedout()
         await self.engine.dispose()
+        logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session, and so one transaction, per request.
 
     Unit of work: the transaction commits when the endpoint returns and rolls back when it
-    raises. Used through ``SessionDep``, whose function scope runs the commit before the
-    response is sent: a commit that fails becomes an error response, never a 2xx for data
-    that was not stored, and the connection is back in the pool before the client reads.
+    raises. Used through ``SessionDep``, whose function scope (FastAPI 0.121 and later)
+    runs the commit before the response is sent: a commit that fails becomes an error
+    response, never a 2xx for data that was not stored, and the connection is back in the
+    pool before the client reads the response.
+
+    The session is closed when the endpoint returns: a background task or a streaming
+    response must open its own, ``async with database.session_factory() as session``.
     """
     database: Database = request.app.state.database
-    async with database.session_factory() as session:
+    async with database.admission.admit(), database.session_factory() as session:
         yield session
         await session.commit()
 

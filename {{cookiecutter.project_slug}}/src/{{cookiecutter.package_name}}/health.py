@@ -3,7 +3,7 @@
 ``/health`` answers without touching the database, so an orchestrator does not restart a
 healthy process because the database is down. ``/health/db`` runs ``SELECT 1`` through
 the pool (creating the tables first if the database was down at startup) and reports the
-pool's numbers.
+pool's numbers; it answers at once, without queueing, when every connection is in use.
 """
 
 import logging
@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .database import DATABASE_ERRORS, Database
+from .errors import describe
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class PoolStatus(BaseModel):
     checked_in: int
     overflow: int
     max_overflow: int
+    waiting: int
 
 
 class DatabaseHealth(BaseModel):
@@ -43,18 +45,28 @@ async def liveness() -> dict[str, str]:
 @router.get(
     "/db",
     response_model=DatabaseHealth,
-    responses={503: {"model": DatabaseHealth, "description": "The database cannot be reached"}},
+    responses={503: {"model": DatabaseHealth, "description": "The database cannot be used now"}},
 )
 async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
     database: Database = request.app.state.database
+    if database.saturated:
+        return unavailable(database, "busy", "every pooled connection is in use")
     try:
         await database.check()
     except DATABASE_ERRORS as error:
-        # The exception text can quote the URL; its type alone says enough without the password.
-        logger.warning("Database %s is unreachable: %s", database.url, type(error).__name__)
-        report = health_report(database, "unavailable", detail="the database cannot be reached")
-        return JSONResponse(report.model_dump(), status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        # The exception's text can quote the URL; its type says enough without the password.
+        logger.warning("Database %s is unreachable: %s", database.url, describe(error))
+        return unavailable(database, "unavailable", "the database cannot be reached")
     return health_report(database, "ok")
+
+
+def unavailable(database: Database, state: str, detail: str) -> JSONResponse:
+    report = health_report(database, state, detail)
+    return JSONResponse(
+        report.model_dump(),
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
 
 
 def health_report(database: Database, state: str, detail: str | None = None) -> DatabaseHealth:

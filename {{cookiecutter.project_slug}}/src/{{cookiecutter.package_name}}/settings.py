@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     # Worker processes serving the app (uvicorn --workers), each with its own pool: the
     # startup check against the server's max_connections counts this many pools.
     workers: int = Field(default={{ cookiecutter.workers | int }}, ge=1, le=MAX_NUMBER)
+    # Seconds to open a connection before giving up: a database that is down or silent
+    # answers 503 this fast, not after asyncpg's default of 60 s.
+    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_NUMBER, allow_inf_nan=False)
+    # Seconds a statement may run (PostgreSQL cancels it: 504); 0 = no limit. On SQLite, the
+    # longest a writer waits for another writer's lock.
+    statement_timeout: float = Field(default=30.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
+    # A request that waits this many seconds for a connection is logged as a warning.
+    pool_wait_warning: float = Field(default=1.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
     @field_validator("database_url")
     @classmethod

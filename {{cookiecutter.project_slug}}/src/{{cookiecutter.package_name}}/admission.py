@@ -1,0 +1,51 @@
+"""Admission to the pool: requests take connections in the order they asked for them.
+
+SQLAlchemy's pool lets a request that arrives just as a connection is returned take it
+ahead of requests already waiting, so under load a few unlucky requests wait many times
+longer than the rest. A FIFO semaphore sized to the pool's capacity (asyncio's is fair)
+queues requests in front of the pool instead, and lets the app count and time the wait.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+logger = logging.getLogger(__name__)
+
+
+class PoolBusyError(Exception):
+    """No connection became free within ``pool_timeout``."""
+
+
+class Admission:
+    def __init__(self, capacity: int | None, timeout: float, wait_warning: float) -> None:
+        # No capacity: the pool has no limit (max_overflow = -1), so nobody ever queues.
+        self._slots = asyncio.Semaphore(capacity) if capacity is not None else None
+        self.timeout = timeout
+        self.wait_warning = wait_warning
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold one of the pool's connections' worth of capacity for the block."""
+        if self._slots is None:
+            yield
+            return
+        started = time.monotonic()
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolBusyError(f"no connection was free within {self.timeout:g} s") from None
+        finally:
+            self.waiting -= 1
+        waited = time.monotonic() - started
+        if waited > self.wait_warning:
+            logger.warning("A request waited %.2f s for a database connection", waited)
+        try:
+            yield
+        finally:
+            self._slots.release()

@@ -1,0 +1,92 @@
+"""How database failures reach the client: the status code says whose problem it is.
+
+- 503 with ``Retry-After``: the database cannot be used right now (the pool is busy, the
+  server refuses, is unknown, does not answer, or dropped the connection). Retrying later
+  may succeed; nothing was written.
+- 504: a statement ran past ``STATEMENT_TIMEOUT`` and was cancelled.
+- 409: the request conflicts with the data (a constraint was violated); nothing was written.
+- Anything else is a bug and stays a 500.
+"""
+
+import logging
+import traceback
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from .admission import PoolBusyError
+from .database import Database
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client should wait before it tries again.
+RETRY_AFTER = "1"
+# PostgreSQL's code for a statement cancelled by statement_timeout.
+QUERY_CANCELED = "57014"
+
+
+def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER} if status_code == 503 else None
+    return JSONResponse({"error": error, "detail": detail}, status_code, headers=headers)
+
+
+def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+    logger.warning(
+        "Database unavailable for %s %s: %s", request.method, request.url.path, describe(error)
+    )
+    return error_response(503, "database_unavailable", "The database cannot be reached.")
+
+
+async def pool_busy(request: Request, error: Exception) -> JSONResponse:
+    database: Database = request.app.state.database
+    logger.warning(
+        "Database pool busy, %s %s got no connection within %g s: %s",
+        request.method, request.url.path, database.settings.pool_timeout,
+        database.pool_status(),
+    )  # fmt: skip
+    return error_response(503, "database_busy", "The database pool is busy; retry shortly.")
+
+
+async def integrity_error(request: Request, error: Exception) -> JSONResponse:
+    # The client's conflict, not the server's fault: no stack trace in the log.
+    logger.info("Conflict on %s %s: %s", request.method, request.url.path, describe(error))
+    return error_response(409, "conflict", "The request conflicts with the stored data.")
+
+
+async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DBAPIError)
+    if getattr(error.orig, "sqlstate", None) == QUERY_CANCELED:
+        logger.warning("Statement timeout on %s %s", request.method, request.url.path)
+        return error_response(504, "statement_timeout", "The database query took too long.")
+    if error.connection_invalidated or "database is locked" in str(error.orig):
+        return database_unavailable(request, error)
+    raise error  # a bug, not an outage: a 500 with its traceback in the log
+
+
+async def os_error(request: Request, error: Exception) -> JSONResponse:
+    """asyncpg raises refused connections, unknown hosts and timeouts as bare OSErrors."""
+    if from_database_driver(error):
+        return database_unavailable(request, error)
+    raise error
+
+
+def from_database_driver(error: BaseException) -> bool:
+    frames = traceback.walk_tb(error.__traceback__)
+    modules = (frame.f_globals.get("__name__", "") for frame, _ in frames)
+    return any(module.startswith(("asyncpg", "sqlalchemy", "aiosqlite")) for module in modules)
+
+
+def describe(error: BaseException) -> str:
+    """The error's type, and the driver's, never its message: that may quote data or URLs."""
+    cause = getattr(error, "orig", None)
+    return type(error).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(PoolBusyError, pool_busy)
+    app.add_exception_handler(PoolTimeoutError, pool_busy)
+    app.add_exception_handler(IntegrityError, integrity_error)
+    app.add_exception_handler(DBAPIError, dbapi_error)
+    app.add_exception_handler(OSError, os_error)

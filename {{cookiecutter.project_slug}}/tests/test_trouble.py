@@ -1,0 +1,433 @@
+"""The service under trouble: a full pool, leaks, failed commits, dead or silent databases."""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import BackgroundTasks, FastAPI, HTTPException
+from fastapi.responses import StreamingResponse
+from httpx import AsyncClient
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from {{ cookiecutter.package_name }}.database import Database, SessionDep
+from {{ cookiecutter.package_name }}.models import Item
+
+from .support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
+
+pytestmark = pytest.mark.anyio
+
+
+def add_holding_route(app: FastAPI, seconds: float) -> None:
+    @app.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, bool]:
+        await session.execute(select(Item).limit(1))
+        await asyncio.sleep(seconds)
+        return {"held": True}
+
+
+async def count_items(app: FastAPI) -> int:
+    database: Database = app.state.database
+    async with database.session_factory() as session:
+        return await session.scalar(select(func.count()).select_from(Item))
+
+
+# Pool exhausted
+
+
+async def test_pool_exhaustion_returns_503_with_retry_after_and_recovers(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_timeout=0.3)
+    async with serve(settings) as (app, client):
+        add_holding_route(app, seconds=1.0)
+
+        responses = await asyncio.gather(*(client.get("/hold") for _ in range(4)))
+        after = await client.get("/items")
+
+        busy = [r for r in responses if r.status_code == 503]
+        assert sorted({r.status_code for r in responses}) == [200, 503]
+        for response in busy:
+            assert response.headers["Retry-After"] == "1"
+            assert response.json()["error"] == "database_busy"
+            assert "pool is busy" in response.json()["detail"]
+        assert after.status_code == 200
+        assert app.state.database.pool_status()["checked_out"] == 0
+    warnings = [r for r in caplog.records if "pool busy" in r.getMessage()]
+    assert len(warnings) == len(busy)
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in warnings)
+    assert "'checked_out': 1" in warnings[0].getMessage()
+
+
+async def test_waiting_requests_are_counted_and_a_long_wait_is_logged(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        database_url, pool_size=1, max_overflow=0, pool_timeout=5, pool_wait_warning=0.1
+    )
+    async with serve(settings) as (app, client):
+        add_holding_route(app, seconds=0.5)
+        first = asyncio.create_task(client.get("/hold"))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(client.get("/hold"))
+        await asyncio.sleep(0.1)
+
+        readiness = await client.get("/health/db")
+        held = await asyncio.gather(first, second)
+
+    assert readiness.status_code == 503
+    assert readiness.json()["status"] == "busy"
+    assert readiness.json()["pool"]["waiting"] == 1
+    assert [r.status_code for r in held] == [200, 200]
+    assert any("waited" in r.getMessage() for r in caplog.records)
+
+
+# No leaks, whatever happens
+
+
+async def test_client_that_disconnects_mid_query_leaves_no_connection_out(
+    database_url: str,
+) -> None:
+    async with serve(make_settings(database_url, pool_size=1, max_overflow=0)) as (app, client):
+
+        @app.get("/slow-query")
+        async def slow_query(session: SessionDep) -> None:
+            if TEST_DATABASE_URL:
+                await session.execute(text("SELECT pg_sleep(5)"))
+            else:  # SQLite has no sleep: hold the transaction open instead
+                await session.execute(select(Item))
+                await asyncio.sleep(5)
+
+        request = asyncio.create_task(client.get("/slow-query"))
+        await asyncio.sleep(0.3)
+        request.cancel()  # the in-process app runs in this task: it is cancelled mid-query
+        with pytest.raises(asyncio.CancelledError):
+            await request
+
+        assert app.state.database.pool_status()["checked_out"] == 0
+        assert (await client.get("/items")).status_code == 200
+
+
+async def test_http_exception_after_a_write_rolls_it_back(app: FastAPI, client: AsyncClient):
+    @app.post("/write-then-refuse")
+    async def write_then_refuse(session: SessionDep) -> None:
+        session.add(Item(name="half-written"))
+        await session.flush()
+        raise HTTPException(403, "refused after writing")
+
+    response = await client.post("/write-then-refuse")
+
+    assert response.status_code == 403
+    assert await count_items(app) == 0
+
+
+async def test_handler_error_after_a_write_rolls_it_back(app: FastAPI, client: AsyncClient):
+    @app.post("/write-then-crash")
+    async def write_then_crash(session: SessionDep) -> None:
+        session.add(Item(name="half-written"))
+        await session.flush()
+        raise RuntimeError("bug after writing")
+
+    response = await client.post("/write-then-crash")
+
+    assert response.status_code == 500
+    assert await count_items(app) == 0
+
+
+async def test_streaming_response_reads_through_its_own_session(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    for n in range(3):
+        await client.post("/items", json={"name": f"streamed-{n}"})
+
+    @app.get("/items-stream")
+    async def stream_items() -> StreamingResponse:
+        database: Database = app.state.database
+
+        # The request's session is closed before streaming starts: the stream opens its own.
+        async def lines() -> AsyncIterator[str]:
+            async with database.session_factory() as session:
+                for name in await session.scalars(select(Item.name).order_by(Item.id)):
+                    yield name + "\n"
+
+        return StreamingResponse(lines(), media_type="text/plain")
+
+    response = await client.get("/items-stream")
+
+    assert response.text.splitlines() == ["streamed-0", "streamed-1", "streamed-2"]
+    assert app.state.database.pool_status()["checked_out"] == 0
+
+
+async def test_background_task_writes_through_its_own_session(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    database: Database = app.state.database
+
+    async def record_audit() -> None:
+        async with database.session_factory() as session, session.begin():
+            session.add(Item(name="audit"))
+
+    @app.post("/with-audit", status_code=202)
+    async def with_audit(background: BackgroundTasks, session: SessionDep) -> None:
+        await session.execute(select(Item).limit(1))
+        background.add_task(record_audit)
+
+    response = await client.post("/with-audit")
+
+    assert response.status_code == 202
+    assert await count_items(app) == 1
+    assert database.pool_status()["checked_out"] == 0
+
+
+async def test_background_task_cannot_reuse_the_closed_request_session(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    errors: list[Exception] = []
+
+    @app.post("/misused-session", status_code=202)
+    async def misused_session(background: BackgroundTasks, session: SessionDep) -> None:
+        async def use_request_session() -> None:
+            try:
+                await session.execute(select(Item))
+            except InvalidRequestError as error:
+                errors.append(error)
+
+        background.add_task(use_request_session)
+
+    response = await client.post("/misused-session")
+
+    assert response.status_code == 202
+    # close_resets_only=False: an error, not a fresh connection that nobody returns.
+    assert len(errors) == 1
+    assert "permanently closed" in str(errors[0])
+    assert app.state.database.pool_status()["checked_out"] == 0
+
+
+# Transactions: nothing lost, nothing half-written
+
+
+@requires_postgres
+async def test_commit_that_fails_is_a_409_and_stores_nothing(
+    app: FastAPI, client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    database: Database = app.state.database
+    async with database.engine.begin() as connection:
+        # Checked only at COMMIT: the endpoint's own statements all succeed.
+        await connection.execute(
+            text(
+                "CREATE TABLE labels (item_id integer REFERENCES items (id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+
+    @app.post("/items-with-label", status_code=201)
+    async def create_with_label(session: SessionDep) -> dict[str, int]:
+        item = Item(name="labelled")
+        session.add(item)
+        await session.flush()
+        await session.execute(text("INSERT INTO labels VALUES (:id)"), {"id": item.id + 1000})
+        return {"id": item.id}
+
+    response = await client.post("/items-with-label")
+
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+    assert await count_items(app) == 0
+    conflict = [r for r in caplog.records if "Conflict" in r.getMessage()]
+    assert conflict and conflict[0].exc_info is None
+
+
+# Error mapping
+
+
+async def test_programming_error_is_a_500_not_a_misleading_503(
+    app: FastAPI, client: AsyncClient
+) -> None:
+    @app.get("/broken-query")
+    async def broken_query(session: SessionDep) -> None:
+        await session.execute(text("SELECT * FROM no_such_table"))
+
+    response = await client.get("/broken-query")
+
+    assert response.status_code == 500
+
+
+async def test_os_error_outside_the_database_is_a_500(app: FastAPI, client: AsyncClient):
+    @app.get("/disk-full")
+    async def disk_full() -> None:
+        raise OSError(28, "No space left on device")
+
+    response = await client.get("/disk-full")
+
+    assert response.status_code == 500
+
+
+# Database down or silent
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never says a word."""
+
+    async def __aenter__(self) -> int:
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server = await asyncio.start_server(self.ignore, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def ignore(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        await reader.read()
+
+    async def __aexit__(self, *_: object) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+
+@pytest.mark.parametrize("trouble", ["refusing", "silent"])
+async def test_unreachable_database_gives_quick_503s_while_liveness_stays_up(
+    trouble: str,
+) -> None:
+    async with SilentServer() as port:
+        if trouble == "refusing":
+            port = 1  # nothing listens there
+        url = f"postgresql+asyncpg://app:s3cret@127.0.0.1:{port}/app"
+        settings = make_settings(url, connect_timeout=0.5, pool_timeout=5)
+        async with serve(settings) as (_, client):  # starts although the database is down
+            started = time.monotonic()
+            items = await client.get("/items")
+            readiness = await client.get("/health/db")
+            elapsed = time.monotonic() - started
+            liveness = await client.get("/health")
+
+    assert items.status_code == 503
+    assert items.json()["error"] == "database_unavailable"
+    assert items.headers["Retry-After"] == "1"
+    assert readiness.status_code == 503
+    assert liveness.status_code == 200
+    assert elapsed < 3  # two requests, each bounded by connect_timeout, not asyncpg's 60 s
+    assert "s3cret" not in items.text + readiness.text
+
+
+# Dead connections
+
+
+async def terminate_app_connections(database_url: str) -> int:
+    admin = create_async_engine(database_url)
+    try:
+        async with admin.connect() as connection:
+            terminated = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND application_name = :app"
+                ),
+                {"app": "{{ cookiecutter.package_name }}"},
+            )
+    finally:
+        await admin.dispose()
+    await asyncio.sleep(0.2)  # the server closes the sockets asynchronously
+    return terminated
+
+
+async def warm_pool(client: AsyncClient, app: FastAPI, connections: int) -> None:
+    add_holding_route(app, seconds=0.2)
+    await asyncio.gather(*(client.get("/hold") for _ in range(connections)))
+    assert app.state.database.pool_status()["checked_in"] == connections
+
+
+@requires_postgres
+async def test_with_pre_ping_requests_survive_dropped_connections(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_pre_ping=True)
+    async with serve(settings) as (app, client):
+        await warm_pool(client, app, 2)
+        assert await terminate_app_connections(database_url) == 2
+
+        responses = [await client.get("/items") for _ in range(5)]
+
+    assert [r.status_code for r in responses] == [200] * 5
+    assert any("discarded" in r.getMessage() for r in caplog.records)
+
+
+@requires_postgres
+async def test_without_pre_ping_one_request_fails_with_503_and_the_pool_heals(
+    database_url: str,
+) -> None:
+    settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_pre_ping=False)
+    async with serve(settings) as (app, client):
+        await warm_pool(client, app, 2)
+        assert await terminate_app_connections(database_url) == 2
+
+        responses = [await client.get("/items") for _ in range(5)]
+
+    statuses = [r.status_code for r in responses]
+    assert statuses[0] == 503
+    assert responses[0].json()["error"] == "database_unavailable"
+    # A disconnect invalidates every older connection at once: only one request fails.
+    assert statuses[1:] == [200] * 4
+
+
+@requires_postgres
+async def test_connections_are_replaced_after_pool_recycle(database_url: str) -> None:
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_recycle=1)
+    async with serve(settings) as (app, client):
+
+        @app.get("/backend")
+        async def backend(session: SessionDep) -> int:
+            return await session.scalar(text("SELECT pg_backend_pid()"))
+
+        first = (await client.get("/backend")).json()
+        again = (await client.get("/backend")).json()
+        await asyncio.sleep(1.2)
+        recycled = (await client.get("/backend")).json()
+
+    assert again == first
+    assert recycled != first
+
+
+# Slow queries
+
+
+@requires_postgres
+async def test_statement_past_the_timeout_is_a_504_and_its_connection_stays_healthy(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, statement_timeout=0.3)
+    async with serve(settings) as (app, client):
+
+        @app.get("/backend")
+        async def backend(session: SessionDep, sleep: float = 0) -> int:
+            await session.execute(text("SELECT pg_sleep(:s)"), {"s": sleep})
+            return await session.scalar(text("SELECT pg_backend_pid()"))
+
+        before = await client.get("/backend")
+        slow = await client.get("/backend", params={"sleep": 2})
+        after = await client.get("/backend")
+
+    assert slow.status_code == 504
+    assert slow.json()["error"] == "statement_timeout"
+    assert after.status_code == 200
+    assert after.json() == before.json()  # the same connection, not a replacement
+    assert not any("discarded" in r.getMessage() for r in caplog.records)
+
+
+# SQLite
+
+
+async def test_sqlite_concurrent_writers_all_succeed_with_default_settings(tmp_path) -> None:
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path}/app.db")
+    async with serve(settings) as (app, client):
+        created = await asyncio.gather(
+            *(client.post("/items", json={"name": f"writer-{n}"}) for n in range(50))
+        )
+        async with app.state.database.engine.connect() as connection:
+            journal_mode = await connection.scalar(text("PRAGMA journal_mode"))
+
+        assert [r.status_code for r in created] == [201] * 50
+        assert await count_items(app) == 50
+    assert journal_mode == "wal"
