@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from httpx import AsyncClient
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.database import Database, SessionDep
@@ -256,6 +257,19 @@ async def test_programming_error_is_a_500_not_a_misleading_503(
     assert response.status_code == 500
 
 
+async def test_sqlalchemy_pool_timeout_is_a_503_too(app: FastAPI, client: AsyncClient) -> None:
+    """Sessions outside requests (background work) wait in SQLAlchemy's own pool queue."""
+
+    @app.get("/pool-timeout")
+    async def pool_timeout() -> None:
+        raise PoolTimeoutError("QueuePool limit of size 1 overflow 0 reached")
+
+    response = await client.get("/pool-timeout")
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "database_busy"
+
+
 async def test_os_error_outside_the_database_is_a_500(app: FastAPI, client: AsyncClient):
     @app.get("/disk-full")
     async def disk_full() -> None:
@@ -288,14 +302,15 @@ class SilentServer:
         await self.server.wait_closed()
 
 
-@pytest.mark.parametrize("trouble", ["refusing", "silent"])
+@pytest.mark.parametrize("trouble", ["refusing", "silent", "unknown-host"])
 async def test_unreachable_database_gives_quick_503s_while_liveness_stays_up(
     trouble: str,
 ) -> None:
     async with SilentServer() as port:
+        host = "no-such-host.invalid" if trouble == "unknown-host" else "127.0.0.1"
         if trouble == "refusing":
             port = 1  # nothing listens there
-        url = f"postgresql+asyncpg://app:s3cret@127.0.0.1:{port}/app"
+        url = f"postgresql+asyncpg://app:s3cret@{host}:{port}/app"
         settings = make_settings(url, connect_timeout=0.5, pool_timeout=5)
         async with serve(settings) as (_, client):  # starts although the database is down
             started = time.monotonic()
