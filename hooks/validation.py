@@ -171,7 +171,20 @@ def check_answers(answers: dict) -> Report:
             "Warning: max_overflow -1 means no limit: under load each worker opens as many "
             "connections as it has requests waiting, bounded only by the database server"
         )
-    if (
+    pooler = str(answers.get("connection_pooler", "none"))
+    if pooler not in ("none", "pgbouncer"):
+        problems.append(f"connection_pooler: {pooler!r} is not a choice; accepted: none, pgbouncer")
+    elif pooler == "pgbouncer" and not url.startswith("postgresql"):
+        problems.append(
+            "connection_pooler: pgbouncer sits in front of PostgreSQL; accepted: none for "
+            "SQLite, or a postgresql+asyncpg:// database_url"
+        )
+    elif pooler == "pgbouncer":
+        notices.append(
+            "connection budget: behind PgBouncer the app's connections count against its "
+            "max_client_conn; PgBouncer's default_pool_size is what reaches max_connections"
+        )
+    elif (
         None not in (pool_size, max_overflow, workers, max_connections)
         and not url_problems
         and url.startswith("postgresql")

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from .support import BakedVenv, PasswordCheckingPostgres, postgres_admin
+from .support import BakedVenv, PasswordCheckingPostgres, PgBouncer, postgres_admin
 
 
 def need(reason: str) -> None:
@@ -45,6 +46,18 @@ def password_checking_postgres() -> Iterator[PasswordCheckingPostgres]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_url: str) -> Iterator[PgBouncer]:
+    executable = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if executable is None:
+        need("PgBouncer is not installed (.ci/run installs Debian's pgbouncer)")
+    server = make_url(postgres_url)
+    bouncer = PgBouncer(executable, server.host or "127.0.0.1", server.port or 5432)
+    bouncer.start()
+    yield bouncer
+    bouncer.stop()
 
 
 @pytest.fixture(scope="session")

@@ -203,3 +203,60 @@ def bake_with_cli(tmp_path: Path, *answers: str) -> tuple[subprocess.CompletedPr
     env.pop("COOKIECUTTER_CONFIG", None)
     result = run(cookiecutter, TEMPLATE_DIR, "--no-input", "-o", output, *answers, env=env)
     return result, output
+
+
+class PgBouncer:
+    """PgBouncer in transaction mode on a free 127.0.0.1 port, in front of a PostgreSQL server.
+
+    Started for the tests and removed afterwards; it trusts every user the server has.
+    """
+
+    def __init__(self, executable: str, server_host: str, server_port: int) -> None:
+        self.executable = executable
+        self.server = (server_host, server_port)
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="pool-template-pgbouncer-"))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        (self.base / "userlist.txt").write_text('"postgres" ""\n')
+        config = self.base / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = host={self.server[0]} port={self.server[1]}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.base / 'userlist.txt'}\n"
+            "pool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\n"
+            f"logfile = {self.base / 'pgbouncer.log'}\n"
+        )
+        shutil.chown(self.base, "postgres")
+        for path in self.base.iterdir():
+            shutil.chown(path, "postgres")
+        # PgBouncer refuses to run as root.
+        self.process = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", self.executable, str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            assert self.process.poll() is None, self.log()
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            assert time.monotonic() < deadline, "PgBouncer did not start: " + self.log()
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        log_file = self.base / "pgbouncer.log"
+        return log_file.read_text() if log_file.exists() else ""
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        shutil.rmtree(self.base)

@@ -148,6 +148,7 @@ DEFAULT_ANSWERS = {
     "pool_pre_ping": True,
     "workers": "1",
     "db_max_connections": "100",
+    "connection_pooler": "none",
 }
 POSTGRES = {"database_url": "postgresql+asyncpg://app@db/app"}
 
@@ -174,6 +175,7 @@ def test_default_answers_have_no_problems() -> None:
         ({"project_slug": "../evil"}, "project_slug: '../evil' is not a valid project name"),
         ({"project_name": "x" * 81}, "project_name: "),
         (POSTGRES | {"workers": "8"}, "connection budget: workers x (pool_size + max_overflow)"),
+        ({"connection_pooler": "pgbouncer"}, "connection_pooler: pgbouncer sits in front of"),
     ],
 )
 def test_each_bad_answer_gets_a_line_naming_it(answer: dict, expected: str) -> None:
@@ -191,6 +193,15 @@ def test_budget_line_shows_the_arithmetic() -> None:
 
     assert "= 4 x (20 + 10) = 120 connections" in problems[0]
     assert "db_max_connections=50 has 47 for applications" in problems[0]
+
+
+def test_behind_pgbouncer_the_server_budget_is_pgbouncers_to_keep() -> None:
+    answers = POSTGRES | {"workers": "8", "connection_pooler": "pgbouncer"}
+
+    problems, notices = check_answers(DEFAULT_ANSWERS | answers)
+
+    assert problems == []
+    assert any("max_client_conn" in notice for notice in notices)
 
 
 def test_budget_fits_exactly_at_the_limit() -> None:

@@ -21,6 +21,9 @@ async def warn_if_over_budget(connection: AsyncConnection, settings: Settings) -
     """Log a warning when WORKERS pools could open more connections than the server allows."""
     if connection.dialect.name != "postgresql":
         return
+    if settings.connection_pooler == "pgbouncer":
+        # These are PgBouncer's clients: its own default_pool_size guards the server.
+        return
     max_connections, superuser_reserved, reserved = (await connection.execute(SERVER_LIMITS)).one()
     available = max_connections - superuser_reserved - reserved
     if settings.max_overflow == -1:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
 from .admission import Admission, PoolBusyError
 from .connection_budget import warn_if_over_budget
@@ -43,7 +43,8 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
     Instead it gets a queue pool of exactly one connection that is never recycled or
     replaced: one database, one request at a time, the wait bounded by ``pool_timeout``.
     """
-    if not issubclass(url.get_dialect().get_pool_class(url), QueuePool):
+    in_memory = not issubclass(url.get_dialect().get_pool_class(url), QueuePool)
+    if in_memory:
         return {
             "poolclass": AsyncAdaptedQueuePool,
             "pool_size": 1,
@@ -52,6 +53,8 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
             "pool_recycle": -1,
             "pool_pre_ping": False,
         }
+    if settings.pool_class == "null":
+        return {"poolclass": NullPool, "pool_pre_ping": settings.pool_pre_ping}
     return {
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
@@ -66,18 +69,22 @@ def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
     if url.get_backend_name() == "sqlite":
         # sqlite3's busy timeout: how long a writer waits for another writer's lock.
         return {"timeout": settings.statement_timeout or settings.pool_timeout}
+    args: dict[str, Any] = {"timeout": settings.connect_timeout}
     server_settings = {"application_name": "{{ cookiecutter.package_name }}"}
-    command_timeout = None
     if settings.statement_timeout:
-        # The server cancels a statement past it and the connection stays usable; the
-        # client gives up a little later, in case the server itself has gone silent.
+        # The client gives up a little after the server would have, in case the server
+        # itself has gone silent.
+        args["command_timeout"] = settings.statement_timeout + settings.connect_timeout
+    if settings.connection_pooler == "pgbouncer":
+        # Transaction pooling runs each transaction on whichever server connection is free,
+        # so no prepared statement may outlive one: asyncpg's cache and SQLAlchemy's off.
+        args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        # PgBouncer refuses startup parameters it does not know, statement_timeout among
+        # them: set that on the role instead (ALTER ROLE ... SET statement_timeout).
+    elif settings.statement_timeout:
+        # The server cancels a statement past it, and the connection stays usable.
         server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
-        command_timeout = settings.statement_timeout + settings.connect_timeout
-    return {
-        "timeout": settings.connect_timeout,
-        "command_timeout": command_timeout,
-        "server_settings": server_settings,
-    }
+    return args | {"server_settings": server_settings}
 
 
 def is_sqlite_file(url: URL) -> bool:
@@ -125,14 +132,18 @@ class Database:
         self.session_factory = async_sessionmaker(
             self.engine, expire_on_commit=False, close_resets_only=False
         )
-        self.connections_opened = 0
+        self.connections_opened = self.connections_closed = 0
         event.listen(self.engine.sync_engine, "connect", self._count_connection)
+        event.listen(self.engine.sync_engine, "close", self._count_closed_connection)
         event.listen(self.engine.sync_engine, "invalidate", self._log_invalidation)
         if is_sqlite_file(self.url):
             event.listen(self.engine.sync_engine, "connect", use_sqlite_write_ahead_log)
 
     def _count_connection(self, *_: object) -> None:
         self.connections_opened += 1
+
+    def _count_closed_connection(self, *_: object) -> None:
+        self.connections_closed += 1
 
     def _log_invalidation(self, _: object, __: object, error: BaseException | None) -> None:
         # A dropped connection (server restart, failover, idle reaping) is replaced.
@@ -143,7 +154,9 @@ class Database:
     def capacity(self) -> int | None:
         """The most connections the pool may have open at once; None for no limit."""
         pool = self.engine.pool
-        return None if pool._max_overflow == -1 else pool.size() + pool._max_overflow
+        if not isinstance(pool, QueuePool) or pool._max_overflow == -1:
+            return None
+        return pool.size() + pool._max_overflow
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now.
@@ -153,6 +166,10 @@ class Database:
         requests queued for a connection, which SQLAlchemy itself does not report.
         """
         pool = self.engine.pool
+        if not isinstance(pool, QueuePool):  # NullPool: every connection is in use or gone
+            opened_now = self.connections_opened - self.connections_closed
+            return {"size": 0, "checked_out": opened_now, "checked_in": 0, "overflow": 0,
+                    "max_overflow": -1, "waiting": 0}  # fmt: skip
         return {
             "size": pool.size(),
             "checked_out": pool.checkedout(),
@@ -165,7 +182,8 @@ class Database:
     @property
     def saturated(self) -> bool:
         """Every connection the pool may open is in use."""
-        return self.capacity is not None and self.engine.pool.checkedout() >= self.capacity
+        capacity = self.capacity
+        return capacity is not None and self.pool_status()["checked_out"] >= capacity
 
     async def check(self) -> None:
         """Raise one of ``DATABASE_ERRORS`` unless the database answers and has its tables.
@@ -183,7 +201,7 @@ class Database:
                 self.schema_ready = True
 
     async def dispose(self) -> None:
-        checked_out = self.engine.pool.checkedout()
+        checked_out = self.pool_status()["checked_out"]
         await self.engine.dispose()
         logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)
 

@@ -5,6 +5,7 @@ Each field can be overridden by an environment variable of the same name in uppe
 """
 
 import sys
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     # A request that waits this many seconds for a connection is logged as a warning.
     pool_wait_warning: float = Field(default=1.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    # "pgbouncer": the URL points at PgBouncer in transaction pooling mode (see README).
+    connection_pooler: Literal["none", "pgbouncer"] = {{ cookiecutter.connection_pooler | python_string }}
+    # "null": no pooling in the app, a new connection per request (SQLAlchemy's NullPool),
+    # to measure what the pool buys, or behind a pooler that should hold every connection.
+    pool_class: Literal["queue", "null"] = "queue"
 
     @field_validator("database_url")
     @classmethod

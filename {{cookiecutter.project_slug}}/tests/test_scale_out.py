@@ -1,0 +1,109 @@
+import asyncio
+import os
+import signal
+import sys
+import time
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from .support import make_settings, requires_postgres, serve
+from .test_shutdown import PROJECT_DIR, free_port
+
+pytestmark = pytest.mark.anyio
+
+WORKERS, POOL_SIZE, MAX_OVERFLOW = 2, 2, 1
+
+
+async def peak_app_connections(database_url: str, until: asyncio.Event) -> int:
+    """The most connections the app held at once, sampled from pg_stat_activity."""
+    admin = create_async_engine(database_url, pool_size=1)
+    peak = 0
+    try:
+        async with admin.connect() as connection:
+            while not until.is_set():
+                count = await connection.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND application_name = :app"
+                    ),
+                    {"app": "{{ cookiecutter.package_name }}"},
+                )
+                peak = max(peak, count)
+                await asyncio.sleep(0.02)
+    finally:
+        await admin.dispose()
+    return peak
+
+
+@requires_postgres
+async def test_workers_together_stay_within_workers_times_pool_capacity(database_url: str):
+    port = free_port()
+    env = os.environ | {
+        "DATABASE_URL": database_url,
+        "POOL_SIZE": str(POOL_SIZE),
+        "MAX_OVERFLOW": str(MAX_OVERFLOW),
+        "WORKERS": str(WORKERS),
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+        "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
+        cwd=PROJECT_DIR, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    statuses: list[int] = []
+    try:
+        limits = httpx.Limits(max_connections=40)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
+        ) as client:
+            for _ in range(150):
+                try:
+                    if (await client.get("/health/db")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            done = asyncio.Event()
+            sampler = asyncio.create_task(peak_app_connections(database_url, done))
+            deadline = time.monotonic() + 3
+
+            async def load(n: int) -> None:
+                while time.monotonic() < deadline:
+                    if n % 2:
+                        response = await client.post("/items", json={"name": f"w{n}"})
+                    else:
+                        response = await client.get("/items")
+                    statuses.append(response.status_code)
+
+            await asyncio.gather(*(load(n) for n in range(40)))
+            done.set()
+            peak = await sampler
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(server.communicate(), timeout=30))[0].decode()
+
+    assert set(statuses) <= {200, 201}, output
+    assert len(statuses) > 100
+    # Each worker has its own pool; together they never pass their sum.
+    assert 1 <= peak <= WORKERS * (POOL_SIZE + MAX_OVERFLOW), output
+
+
+async def test_null_pool_opens_a_connection_per_request(database_url: str) -> None:
+    async with serve(make_settings(database_url, pool_class="null")) as (app, client):
+        opened_before = app.state.database.connections_opened
+        for _ in range(5):
+            assert (await client.get("/items")).status_code == 200
+
+        assert app.state.database.connections_opened - opened_before == 5
+        assert app.state.database.pool_status()["checked_out"] == 0
+
+
+async def test_queue_pool_reuses_its_connection_across_requests(database_url: str) -> None:
+    async with serve(make_settings(database_url)) as (app, client):
+        for _ in range(20):
+            assert (await client.get("/items")).status_code == 200
+
+        assert app.state.database.connections_opened == 1
