@@ -34,6 +34,10 @@ VARIANTS = [
         id="postgres-password-unbounded-overflow",
     ),
     pytest.param(
+        {"database_url": POSTGRES_URL, "connection_pooler": "pgbouncer", "workers": 8},
+        id="postgres-behind-pgbouncer",
+    ),
+    pytest.param(
         {
             # Quotes and dashes that ruff flags in source must arrive escaped.
             "project_name": "Accounts Receivable\u2019s Service \u2013 Invoices, Credit Notes",

@@ -4,12 +4,12 @@ import time
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import event, select, text
+from sqlalchemy import event, make_url, select, text
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from {{ cookiecutter.package_name }}.database import Database, SessionDep
+from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -186,7 +186,11 @@ async def test_startup_warns_when_workers_pools_exceed_max_connections(
     warned: bool,
 ) -> None:
     settings = make_settings(
-        database_url, workers=workers, pool_size=pool_size, max_overflow=max_overflow
+        database_url,
+        workers=workers,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connection_pooler="none",  # behind PgBouncer, PgBouncer keeps the budget
     )
     async with serve(settings):
         pass
@@ -196,3 +200,17 @@ async def test_startup_warns_when_workers_pools_exceed_max_connections(
     if warned:
         assert f"= {workers} x ({pool_size} + {max_overflow}) = {workers * 10}" in warnings[0]
         assert "max_connections=" in warnings[0]
+
+
+@pytest.mark.parametrize("pooler", ["none", "pgbouncer"])
+def test_pgbouncer_mode_turns_off_prepared_statement_caches(pooler: str) -> None:
+    settings = make_settings("postgresql+asyncpg://app@db/app", connection_pooler=pooler)
+
+    args = connect_args(make_url(settings.database_url.get_secret_value()), settings)
+
+    behind_pgbouncer = pooler == "pgbouncer"
+    assert (args.get("statement_cache_size") == 0) is behind_pgbouncer
+    assert (args.get("prepared_statement_cache_size") == 0) is behind_pgbouncer
+    # PgBouncer refuses unknown startup parameters such as statement_timeout.
+    assert ("statement_timeout" in args["server_settings"]) is not behind_pgbouncer
+    assert args["timeout"] == settings.connect_timeout

@@ -412,7 +412,10 @@ async def test_connections_are_replaced_after_pool_recycle(database_url: str) ->
 async def test_statement_past_the_timeout_is_a_504_and_its_connection_stays_healthy(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = make_settings(database_url, pool_size=1, max_overflow=0, statement_timeout=0.3)
+    # Sent to the server at connect, which PgBouncer would refuse: direct connections only.
+    settings = make_settings(
+        database_url, pool_size=1, max_overflow=0, statement_timeout=0.3, connection_pooler="none"
+    )
     async with serve(settings) as (app, client):
 
         @app.get("/backend")
