@@ -9,6 +9,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
+from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
 from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -214,3 +215,41 @@ def test_pgbouncer_mode_turns_off_prepared_statement_caches(pooler: str) -> None
     # PgBouncer refuses unknown startup parameters such as statement_timeout.
     assert ("statement_timeout" in args["server_settings"]) is not behind_pgbouncer
     assert args["timeout"] == settings.connect_timeout
+
+
+async def test_admission_is_first_come_first_served_and_counts_back_to_zero() -> None:
+    admission = Admission(capacity=1, timeout=0.3, wait_warning=10)
+    order: list[str] = []
+
+    async def request(name: str, hold: float) -> None:
+        async with admission.admit():
+            order.append(name)
+            await asyncio.sleep(hold)
+
+    holder = asyncio.create_task(request("holder", 0.1))
+    await asyncio.sleep(0.01)
+    queued = []
+    for name in ("first", "second", "third"):
+        queued.append(asyncio.create_task(request(name, 0.01)))
+        await asyncio.sleep(0.01)
+    await asyncio.gather(holder, *queued)
+
+    assert order == ["holder", "first", "second", "third"]
+    assert admission.waiting == 0
+
+
+async def test_admission_timeouts_and_cancellations_give_their_places_back() -> None:
+    admission = Admission(capacity=1, timeout=0.1, wait_warning=10)
+    async with admission.admit():
+        with pytest.raises(PoolBusyError):
+            async with admission.admit():
+                pass
+        cancelled = asyncio.create_task(admission.admit().__aenter__())
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert admission.waiting == 0
+
+    async with asyncio.timeout(1), admission.admit():  # the one place is free again
+        assert admission.waiting == 0

@@ -79,7 +79,7 @@ async def test_waiting_requests_are_counted_and_a_long_wait_is_logged(
         readiness = await client.get("/health/db")
         held = await asyncio.gather(first, second)
 
-    assert readiness.status_code == 503
+    assert readiness.status_code == 200
     assert readiness.json()["status"] == "busy"
     assert readiness.json()["pool"]["waiting"] == 1
     assert [r.status_code for r in held] == [200, 200]
@@ -150,7 +150,7 @@ async def test_streaming_response_reads_through_its_own_session(
 
         # The request's session is closed before streaming starts: the stream opens its own.
         async def lines() -> AsyncIterator[str]:
-            async with database.session_factory() as session:
+            async with database.session() as session:
                 for name in await session.scalars(select(Item.name).order_by(Item.id)):
                     yield name + "\n"
 
@@ -168,7 +168,7 @@ async def test_background_task_writes_through_its_own_session(
     database: Database = app.state.database
 
     async def record_audit() -> None:
-        async with database.session_factory() as session, session.begin():
+        async with database.session() as session, session.begin():
             session.add(Item(name="audit"))
 
     @app.post("/with-audit", status_code=202)
@@ -449,3 +449,60 @@ async def test_sqlite_concurrent_writers_all_succeed_with_default_settings(tmp_p
         assert [r.status_code for r in created] == [201] * 50
         assert await count_items(app) == 50
     assert journal_mode == "wal"
+
+
+async def test_database_down_at_startup_then_back_serves_the_api_without_a_probe(
+    database_url: str,
+) -> None:
+    """The tables come with the first request that reaches the database, not only /health/db."""
+    async with serve(make_settings(database_url)) as (app, client):
+        database: Database = app.state.database
+        await database.engine.dispose()
+        async with database.engine.begin() as connection:
+            await connection.run_sync(database.metadata.drop_all)
+        database.schema_ready = False  # as if the database had been down at startup
+
+        created = await client.post("/items", json={"name": "after the outage"})
+
+        assert created.status_code == 201
+        assert (await client.get("/items")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "status"),
+    [("53300", 503), ("57P03", 503), ("25006", 503), ("40001", 503), ("40P01", 503),
+     ("42P01", 500)],
+    ids=["too-many-connections", "starting-up", "read-only", "serialization", "deadlock",
+         "undefined-table"],
+)  # fmt: skip
+@requires_postgres
+async def test_sqlstates_that_mean_not_now_are_503s_and_bugs_stay_500s(
+    app: FastAPI, client: AsyncClient, sqlstate: str, status: int
+) -> None:
+    @app.get("/raise-sqlstate")
+    async def raise_sqlstate(session: SessionDep) -> None:
+        await session.execute(
+            text(f"DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '{sqlstate}'; END $$")
+        )
+
+    response = await client.get("/raise-sqlstate")
+
+    assert response.status_code == status
+    if status == 503:
+        assert response.headers["Retry-After"] == "1"
+
+
+async def test_concurrent_requests_to_a_silent_database_all_fail_fast(database_url: str):
+    """One failed connect opens a short window in which the rest fail at once, not queue."""
+    async with SilentServer() as port:
+        url = f"postgresql+asyncpg://app@127.0.0.1:{port}/app"
+        settings = make_settings(
+            url, pool_size=2, max_overflow=0, connect_timeout=0.5, pool_timeout=5
+        )
+        async with serve(settings) as (_, client):
+            started = time.monotonic()
+            responses = await asyncio.gather(*(client.get("/items") for _ in range(20)))
+            elapsed = time.monotonic() - started
+
+    assert {r.json()["error"] for r in responses} == {"database_unavailable"}
+    assert elapsed < 3  # not 20 requests queued behind 0.5 s connects, nor pool_timeout

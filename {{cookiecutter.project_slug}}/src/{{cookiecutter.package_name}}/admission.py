@@ -19,6 +19,10 @@ class PoolBusyError(Exception):
     """No connection became free within ``pool_timeout``."""
 
 
+class DatabaseUnreachableError(Exception):
+    """The database failed to answer a moment ago; not tried again yet."""
+
+
 class Admission:
     def __init__(self, capacity: int | None, timeout: float, wait_warning: float) -> None:
         # No capacity: the pool has no limit (max_overflow = -1), so nobody ever queues.

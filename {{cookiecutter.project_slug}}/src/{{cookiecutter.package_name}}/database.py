@@ -1,7 +1,10 @@
 """The pooled async engine, its session factory and the per-request session dependency."""
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -16,7 +19,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
-from .admission import Admission, PoolBusyError
+from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
 from .settings import Settings
 
@@ -25,7 +28,11 @@ logger = logging.getLogger(__name__)
 # How "the database cannot be used" surfaces: SQLAlchemy's errors, the app's own pool
 # admission timeout, and the raw OSErrors (refused, unknown host, timed out) that asyncpg
 # raises while it connects.
-DATABASE_ERRORS = (SQLAlchemyError, PoolBusyError, OSError)
+DATABASE_ERRORS = (SQLAlchemyError, PoolBusyError, DatabaseUnreachableError, OSError)
+
+# After a failed connect, requests fail at once for this long instead of each waiting for
+# its own connect to time out, while queued behind the others.
+FAIL_FAST_SECONDS = 1.0
 
 # Any fixed number: workers starting together take this lock in turn to create tables.
 SCHEMA_LOCK_ID = 7_241_857
@@ -116,6 +123,8 @@ class Database:
         self.settings = settings
         self.metadata = metadata
         self.schema_ready = False
+        self._schema_lock = asyncio.Lock()
+        self._fail_fast_until = 0.0
         # str() of a URL masks the password, so ``self.url`` is safe to log.
         self.url = make_url(settings.database_url.get_secret_value())
         self.engine = create_async_engine(
@@ -185,6 +194,14 @@ class Database:
         capacity = self.capacity
         return capacity is not None and self.pool_status()["checked_out"] >= capacity
 
+    def note_unreachable(self) -> None:
+        """Called when a connect failed: fail fast for a moment rather than queue."""
+        self._fail_fast_until = time.monotonic() + FAIL_FAST_SECONDS
+
+    def raise_if_recently_unreachable(self) -> None:
+        if time.monotonic() < self._fail_fast_until:
+            raise DatabaseUnreachableError("the database failed to answer a moment ago")
+
     async def check(self) -> None:
         """Raise one of ``DATABASE_ERRORS`` unless the database answers and has its tables.
 
@@ -196,9 +213,28 @@ class Database:
             if self.schema_ready:
                 await connection.execute(text("SELECT 1"))
             else:
+                await self._prepare(connection)
+
+    async def _prepare(self, connection: AsyncConnection) -> None:
+        async with self._schema_lock:
+            if not self.schema_ready:
                 await create_schema(connection, self.metadata)
                 await warn_if_over_budget(connection, self.settings)
                 self.schema_ready = True
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A session that queues for its connection with the requests, in arrival order.
+
+        For background tasks and streaming responses, which must not use the request's.
+        """
+        self.raise_if_recently_unreachable()
+        async with self.admission.admit():
+            self.raise_if_recently_unreachable()
+            if not self.schema_ready:  # the database was down when the app started
+                await self.check()
+            async with self.session_factory() as session:
+                yield session
 
     async def dispose(self) -> None:
         checked_out = self.pool_status()["checked_out"]
@@ -216,10 +252,10 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     pool before the client reads the response.
 
     The session is closed when the endpoint returns: a background task or a streaming
-    response must open its own, ``async with database.session_factory() as session``.
+    response must open its own, ``async with database.session() as session``.
     """
     database: Database = request.app.state.database
-    async with database.admission.admit(), database.session_factory() as session:
+    async with database.session() as session:
         yield session
         await session.commit()
 

@@ -1,8 +1,9 @@
 """How database failures reach the client: the status code says whose problem it is.
 
-- 503 with ``Retry-After``: the database cannot be used right now (the pool is busy, the
-  server refuses, is unknown, does not answer, or dropped the connection). Retrying later
-  may succeed; nothing was written.
+- 503 with ``Retry-After``: the database cannot be used right now (the pool is busy; the
+  server refuses, is unknown, does not answer, is starting or shutting down, has no
+  connection slots left, is read-only after a failover, or dropped the connection; or a
+  transaction lost a race and may simply be retried). Nothing was written.
 - 504: a statement ran past ``STATEMENT_TIMEOUT`` and was cancelled.
 - 409: the request conflicts with the data (a constraint was violated); nothing was written.
 - Anything else is a bug and stays a 500.
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from .admission import PoolBusyError
+from .admission import DatabaseUnreachableError, PoolBusyError
 from .database import Database
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,14 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER = "1"
 # PostgreSQL's code for a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
+# SQLSTATE classes and codes that mean "not now" rather than "wrong": connection
+# exceptions (08), insufficient resources such as too many connections (53), the server
+# shutting down or starting (57P01-57P05), read-only after a failover (25006), and a
+# serialization failure or deadlock (40001, 40P01), which a retry resolves.
+UNAVAILABLE_CLASSES = ("08", "53")
+UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "57P04", "57P05", "25006", "40001", "40P01"}
+# SQLite's words for the same (its errors carry no SQLSTATE).
+SQLITE_UNAVAILABLE = ("database is locked", "unable to open database file")
 
 
 def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
@@ -32,10 +41,17 @@ def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code, headers=headers)
 
 
-def database_unavailable(request: Request, error: Exception) -> JSONResponse:
+def database_unavailable(request: Request, error: Exception, connect_failed: bool) -> JSONResponse:
     logger.warning(
         "Database unavailable for %s %s: %s", request.method, request.url.path, describe(error)
     )
+    if connect_failed:
+        database: Database = request.app.state.database
+        database.note_unreachable()
+    return error_response(503, "database_unavailable", "The database cannot be reached.")
+
+
+async def unreachable(request: Request, error: Exception) -> JSONResponse:
     return error_response(503, "database_unavailable", "The database cannot be reached.")
 
 
@@ -57,25 +73,34 @@ async def integrity_error(request: Request, error: Exception) -> JSONResponse:
 
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DBAPIError)
-    if getattr(error.orig, "sqlstate", None) == QUERY_CANCELED:
+    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+    if sqlstate == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
         return error_response(504, "statement_timeout", "The database query took too long.")
-    if error.connection_invalidated or "database is locked" in str(error.orig):
-        return database_unavailable(request, error)
+    connect_failed = sqlstate.startswith(UNAVAILABLE_CLASSES) or sqlstate.startswith("57P")
+    if (
+        connect_failed
+        or error.connection_invalidated
+        or sqlstate in UNAVAILABLE_CODES
+        or any(words in str(error.orig) for words in SQLITE_UNAVAILABLE)
+    ):
+        return database_unavailable(request, error, connect_failed)
     raise error  # a bug, not an outage: a 500 with its traceback in the log
 
 
 async def os_error(request: Request, error: Exception) -> JSONResponse:
     """asyncpg raises refused connections, unknown hosts and timeouts as bare OSErrors."""
-    if from_database_driver(error):
-        return database_unavailable(request, error)
+    if raised_by_database_driver(error):
+        return database_unavailable(request, error, connect_failed=True)
     raise error
 
 
-def from_database_driver(error: BaseException) -> bool:
+def raised_by_database_driver(error: BaseException) -> bool:
+    """Whether the error came out of the driver's own code, not the app's or a listener's."""
     frames = traceback.walk_tb(error.__traceback__)
-    modules = (frame.f_globals.get("__name__", "") for frame, _ in frames)
-    return any(module.startswith(("asyncpg", "sqlalchemy", "aiosqlite")) for module in modules)
+    modules = [frame.f_globals.get("__name__", "") for frame, _ in frames]
+    innermost_app = max((i for i, m in enumerate(modules) if m.startswith(__package__)), default=-1)
+    return any(m.startswith(("asyncpg", "aiosqlite")) for m in modules[innermost_app + 1 :])
 
 
 def describe(error: BaseException) -> str:
@@ -87,6 +112,7 @@ def describe(error: BaseException) -> str:
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PoolBusyError, pool_busy)
     app.add_exception_handler(PoolTimeoutError, pool_busy)
+    app.add_exception_handler(DatabaseUnreachableError, unreachable)
     app.add_exception_handler(IntegrityError, integrity_error)
     app.add_exception_handler(DBAPIError, dbapi_error)
     app.add_exception_handler(OSError, os_error)

@@ -3,7 +3,9 @@
 ``/health`` answers without touching the database, so an orchestrator does not restart a
 healthy process because the database is down. ``/health/db`` runs ``SELECT 1`` through
 the pool (creating the tables first if the database was down at startup) and reports the
-pool's numbers; it answers at once, without queueing, when every connection is in use.
+pool's numbers. When every connection is in use it answers at once, 200 with status
+"busy": the database was reachable a moment ago, and a readiness probe that failed under
+load would take every replica out of rotation together.
 """
 
 import logging
@@ -50,7 +52,7 @@ async def liveness() -> dict[str, str]:
 async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
     database: Database = request.app.state.database
     if database.saturated:
-        return unavailable(database, "busy", "every pooled connection is in use")
+        return health_report(database, "busy", "every pooled connection is in use")
     try:
         await database.check()
     except DATABASE_ERRORS as error:
