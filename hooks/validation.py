@@ -39,25 +39,26 @@ class Report(NamedTuple):
     notices: list[str]
 
 
-def parse_integer(name: str, value: object, low: int, high: int, accepted: str):
-    """The whole number in ``value``, or a problem line when it is not one in [low, high]."""
+def parse_integer(name: str, value: object, low: int, accepted: str):
+    """The whole number in ``value``, or a problem line when it is not one in [low, 10000]."""
     text = str(value).strip()
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a whole number; accepted: {accepted}"
     number = int(text)
-    if not low <= number <= high:
+    if not low <= number <= MAX_NUMBER:
         return None, f"{name}: {number} is out of range; accepted: {accepted}"
     return number, None
 
 
-def parse_seconds(name: str, value: object, accepted: str):
+def parse_seconds(name: str, value: object, low: float, accepted: str):
+    """The number of seconds in ``value``, or a problem line unless low < seconds <= 10000."""
     text = str(value).strip()
     if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a number; accepted: {accepted}"
     seconds = float(text)
-    if not (math.isfinite(seconds) and 0 < seconds <= MAX_NUMBER):
+    if not (math.isfinite(seconds) and low < seconds <= MAX_NUMBER):
         return None, f"{name}: {text} is out of range; accepted: {accepted}"
     return seconds, None
 
@@ -111,6 +112,26 @@ def package_name_problems(name: str) -> list[str]:
     return []
 
 
+# Each number answer: how it is read, its lowest value, and what is accepted.
+NUMBER_ANSWERS = {
+    "pool_size": (
+        parse_integer, 1,
+        f"a whole number from 1 to {MAX_NUMBER} (0 would mean no limit to SQLAlchemy)",
+    ),
+    "max_overflow": (
+        parse_integer, -1, f"a whole number from 0 to {MAX_NUMBER}, or -1 for no limit"
+    ),
+    "pool_timeout": (parse_seconds, 0, f"seconds above 0, at most {MAX_NUMBER}"),
+    "pool_recycle": (parse_integer, -1, f"seconds from 0 to {MAX_NUMBER}, or -1 for never"),
+    "workers": (parse_integer, 1, f"a whole number from 1 to {MAX_NUMBER}"),
+    "db_max_connections": (
+        parse_integer, SUPERUSER_RESERVED_CONNECTIONS + 1,
+        "the PostgreSQL server's max_connections, a whole number from "
+        f"{SUPERUSER_RESERVED_CONNECTIONS + 1} to {MAX_NUMBER}",
+    ),
+}  # fmt: skip
+
+
 def parse_boolean(value: object) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -126,36 +147,12 @@ def check_answers(answers: dict) -> Report:
     ]
     notices: list[str] = []
 
-    pool_size, problem = parse_integer(
-        "pool_size", answers["pool_size"], 1, MAX_NUMBER,
-        f"a whole number from 1 to {MAX_NUMBER} (0 would mean no limit to SQLAlchemy)",
-    )  # fmt: skip
-    problems += [problem] if problem else []
-    max_overflow, problem = parse_integer(
-        "max_overflow", answers["max_overflow"], -1, MAX_NUMBER,
-        f"a whole number from 0 to {MAX_NUMBER}, or -1 for no limit",
-    )  # fmt: skip
-    problems += [problem] if problem else []
-    _, problem = parse_seconds(
-        "pool_timeout", answers["pool_timeout"], f"seconds above 0, at most {MAX_NUMBER}"
-    )
-    problems += [problem] if problem else []
-    _, problem = parse_integer(
-        "pool_recycle", answers["pool_recycle"], -1, MAX_NUMBER,
-        f"seconds from 0 to {MAX_NUMBER}, or -1 for never",
-    )  # fmt: skip
-    problems += [problem] if problem else []
-    workers, problem = parse_integer(
-        "workers", answers["workers"], 1, MAX_NUMBER, f"a whole number from 1 to {MAX_NUMBER}"
-    )
-    problems += [problem] if problem else []
-    max_connections, problem = parse_integer(
-        "db_max_connections", answers["db_max_connections"],
-        SUPERUSER_RESERVED_CONNECTIONS + 1, MAX_NUMBER,
-        f"the PostgreSQL server's max_connections, a whole number from "
-        f"{SUPERUSER_RESERVED_CONNECTIONS + 1} to {MAX_NUMBER}",
-    )  # fmt: skip
-    problems += [problem] if problem else []
+    numbers = {}
+    for name, (parse, low, accepted) in NUMBER_ANSWERS.items():
+        numbers[name], problem = parse(name, answers[name], low, accepted)
+        problems += [problem] if problem else []
+    pool_size, max_overflow = numbers["pool_size"], numbers["max_overflow"]
+    workers, max_connections = numbers["workers"], numbers["db_max_connections"]
     if parse_boolean(answers["pool_pre_ping"]) is None:
         problems.append(
             f"pool_pre_ping: {str(answers['pool_pre_ping'])!r} is not yes or no; accepted: yes, no"
