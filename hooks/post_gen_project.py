@@ -1,6 +1,8 @@
 """Put the password where git will not see it, then tell the user what to do next."""
 
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +25,12 @@ else:
         "The database URL has no password; it is the default in settings.py. If the server "
         "needs one, set DATABASE_URL in .env (git-ignored), as .env.example shows."
     )
+if ANSWERS["git_init"] in (True, "yes", "y", "true"):
+    if shutil.which("git") is None:
+        print("git is not installed: no repository was created (run `git init` later).")
+    else:
+        subprocess.run(["git", "init", "--quiet"], cwd=project_dir, check=False)
+        print("Created a git repository; .env and SQLite files are in .gitignore.")
 print(
     f"""
 Next steps:

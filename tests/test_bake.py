@@ -17,6 +17,11 @@ EXPECTED_FILES = [
     "README.md",
     ".env.example",
     ".gitignore",
+    ".dockerignore",
+    ".pre-commit-config.yaml",
+    ".github/workflows/ci.yml",
+    "Dockerfile",
+    "compose.yaml",
     "src/{package}/__init__.py",
     "src/{package}/settings.py",
     "src/{package}/database.py",
@@ -45,7 +50,12 @@ def bake(cookies, context: dict) -> Path:
 
 
 def text_files(project: Path) -> list[Path]:
-    return [path for path in sorted(project.rglob("*")) if path.is_file()]
+    """The files the template wrote (the git repository the bake creates is git's)."""
+    return [
+        path
+        for path in sorted(project.rglob("*"))
+        if path.is_file() and ".git" not in path.relative_to(project).parts
+    ]
 
 
 def test_defaults_bake_the_expected_project(cookies) -> None:

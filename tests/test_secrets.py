@@ -58,7 +58,9 @@ def files_holding(project: Path, *secrets: str) -> list[str]:
     return [
         str(path.relative_to(project))
         for path in project.rglob("*")
-        if path.is_file() and any(s in path.read_text(errors="replace") for s in secrets)
+        if path.is_file()
+        and ".git" not in path.relative_to(project).parts
+        and any(s in path.read_text(errors="replace") for s in secrets)
     ]
 
 
