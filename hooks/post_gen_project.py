@@ -14,6 +14,11 @@ from hooks import database_url  # noqa: E402
 from hooks.env_file import write_env_file  # noqa: E402
 
 project_dir = Path.cwd()
+if ANSWERS["use_alembic"] not in (True, "yes", "y", "true"):
+    # cookiecutter cannot leave out a directory by its name; the hook removes it.
+    (project_dir / "alembic.ini").unlink()
+    (project_dir / "tests" / "test_migrations.py").unlink()
+    shutil.rmtree(project_dir / "src" / ANSWERS["package_name"] / "migrations")
 url, _ = database_url.normalise(ANSWERS["database_url"])
 if write_env_file(project_dir, url):
     print(

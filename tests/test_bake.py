@@ -22,6 +22,10 @@ EXPECTED_FILES = [
     ".github/workflows/ci.yml",
     "Dockerfile",
     "compose.yaml",
+    "alembic.ini",
+    "src/{package}/migrations/env.py",
+    "src/{package}/migrations/versions/0001_create_items.py",
+    "tests/test_migrations.py",
     "src/{package}/__init__.py",
     "src/{package}/settings.py",
     "src/{package}/database.py",
@@ -83,7 +87,7 @@ def test_no_blank_line_debris_in_any_file(cookies, context: dict) -> None:
         text = path.read_text(encoding="utf-8")
         where = path.relative_to(project)
         # Two blank lines separate Python definitions; anywhere else one is the most.
-        most_blank_lines = 2 if path.suffix == ".py" else 1
+        most_blank_lines = 2 if path.suffix in (".py", ".mako") else 1
         assert "\n" * (most_blank_lines + 2) not in text, f"{where}: too many blank lines"
         assert not text.startswith("\n"), f"{where}: starts with a blank line"
         assert text.endswith("\n") and not text.endswith("\n\n"), f"{where}: bad file ending"
@@ -118,7 +122,8 @@ def test_every_variant_declares_the_same_dependencies(cookies, context: dict) ->
     defaults = tomllib.loads((bake(cookies, {}) / "pyproject.toml").read_text())["project"]
     variant = tomllib.loads((bake(cookies, context) / "pyproject.toml").read_text())["project"]
 
-    assert variant["dependencies"] == defaults["dependencies"]
+    # A variant may leave a dependency out (alembic), never add one.
+    assert set(variant["dependencies"]) <= set(defaults["dependencies"])
     assert variant["optional-dependencies"] == defaults["optional-dependencies"]
 
 
@@ -137,6 +142,18 @@ def test_password_is_only_in_the_git_ignored_env_file(cookies) -> None:
     env_file = project / ".env"
     assert POSTGRES_URL_WITH_PASSWORD in env_file.read_text(encoding="utf-8")
     assert env_file.stat().st_mode & 0o077 == 0, ".env must be readable by its owner only"
+
+
+def test_without_alembic_no_migration_files_are_left(cookies) -> None:
+    project = bake(cookies, {"use_alembic": False})
+
+    assert not (project / "alembic.ini").exists()
+    assert not (project / "src" / "my_service" / "migrations").exists()
+    assert not (project / "tests" / "test_migrations.py").exists()
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert not any(dependency.startswith("alembic") for dependency in metadata["dependencies"])
+    database = (project / "src" / "my_service" / "database.py").read_text()
+    assert "metadata.create_all" in database and "alembic" not in database
 
 
 def test_url_without_password_writes_no_env_file(cookies) -> None:

@@ -10,8 +10,12 @@ POSTGRES_URL_WITH_PASSWORD = f"postgresql+asyncpg://app:{POSTGRES_PASSWORD}@127.
 VARIANTS = [
     pytest.param({}, id="defaults-sqlite-file"),
     pytest.param(
-        {"database_url": "sqlite+aiosqlite:///:memory:", "pool_pre_ping": False},
-        id="sqlite-memory-no-pre-ping",
+        {
+            "database_url": "sqlite+aiosqlite:///:memory:",
+            "pool_pre_ping": False,
+            "use_alembic": False,
+        },
+        id="sqlite-memory-no-pre-ping-no-alembic",
     ),
     pytest.param(
         {
@@ -20,8 +24,9 @@ VARIANTS = [
             "max_overflow": 0,
             "pool_timeout": 5,
             "pool_pre_ping": False,
+            "use_alembic": False,
         },
-        id="postgres-single-connection",
+        id="postgres-single-connection-no-alembic",
     ),
     pytest.param(
         {

@@ -5,11 +5,18 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+{%- if cookiecutter.use_alembic %}
+from pathlib import Path
+{%- endif %}
 from typing import Annotated, Any
 
+{% if cookiecutter.use_alembic -%}
+from alembic import command
+from alembic.config import Config
+{% endif -%}
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, text
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import {% if cookiecutter.use_alembic %}URL, Connection{% else %}URL{% endif %}, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -105,11 +112,25 @@ def use_sqlite_write_ahead_log(dbapi_connection: Any, _: object) -> None:
     cursor.close()
 
 
+{% if cookiecutter.use_alembic -%}
+def upgrade_to_head(connection: Connection) -> None:
+    """Apply the Alembic migrations that this database has not seen yet."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+{% endif -%}
 async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None:
     if connection.dialect.name == "postgresql":
         # Without it, workers starting together race to create the same tables.
         await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"))
+{%- if cookiecutter.use_alembic %}
+    await connection.run_sync(upgrade_to_head)
+{%- else %}
     await connection.run_sync(metadata.create_all)
+{%- endif %}
 
 
 class Database:

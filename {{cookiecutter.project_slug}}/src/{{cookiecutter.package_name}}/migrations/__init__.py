@@ -1,0 +1,1 @@
+"""Schema migrations (Alembic). The app applies them at startup; `alembic` runs them by hand."""
