@@ -1,8 +1,10 @@
 """Helpers shared by the tests: test settings, the PostgreSQL switch, an in-process server."""
 
 import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from asgi_lifespan import LifespanManager
@@ -13,6 +15,8 @@ from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+# Where uvicorn and alembic run from in the tests that start them as processes.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 USE_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")
 
 requires_postgres = pytest.mark.skipif(
@@ -35,3 +39,9 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://test") as client:
             yield app, client
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .test_shutdown import PROJECT_DIR
+from .support import PROJECT_DIR
 
 pytestmark = pytest.mark.anyio
 

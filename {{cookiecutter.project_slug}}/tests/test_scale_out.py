@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .support import make_settings, requires_postgres, serve
-from .test_shutdown import PROJECT_DIR, free_port
+from .support import PROJECT_DIR, free_port, make_settings, requires_postgres, serve
 
 pytestmark = pytest.mark.anyio
 

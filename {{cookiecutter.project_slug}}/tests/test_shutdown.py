@@ -1,22 +1,14 @@
 import asyncio
 import os
 import signal
-import socket
 import sys
-from pathlib import Path
 
 import httpx
 import pytest
 
+from .support import PROJECT_DIR, free_port
+
 pytestmark = pytest.mark.anyio
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def test_sigterm_lets_in_flight_requests_finish_then_disposes_the_engine(
