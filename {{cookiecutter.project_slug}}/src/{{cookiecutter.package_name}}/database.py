@@ -251,6 +251,7 @@ class Database:
         """
         self.raise_if_recently_unreachable()
         async with self.admission.admit():
+            # Again after the wait: a request queued behind a failed connect fails at once.
             self.raise_if_recently_unreachable()
             if not self.schema_ready:  # the database was down when the app started
                 await self.check()
