@@ -2,8 +2,8 @@
 
 SQLAlchemy's pool lets a request that arrives just as a connection is returned take it
 ahead of requests already waiting, so under load a few unlucky requests wait many times
-longer than the rest. A FIFO semaphore sized to the pool's capacity (asyncio's is fair)
-queues requests in front of the pool instead, and lets the app count and time the wait.
+longer than the rest. A FIFO semaphore (asyncio's is fair) queues requests in front of the
+pool instead, and lets the app count and time the wait.
 """
 
 import asyncio
@@ -25,11 +25,17 @@ class DatabaseUnreachableError(Exception):
 
 class Admission:
     def __init__(self, capacity: int | None, timeout: float, wait_warning: float) -> None:
-        # No capacity: the pool has no limit (max_overflow = -1), so nobody ever queues.
+        # No capacity: without a pool (NullPool) every request opens its own connection.
         self._slots = asyncio.Semaphore(capacity) if capacity is not None else None
+        self.capacity = capacity
         self.timeout = timeout
         self.wait_warning = wait_warning
         self.waiting = 0
+        self.admitted = 0
+
+    @property
+    def full(self) -> bool:
+        return self.capacity is not None and self.admitted >= self.capacity
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
@@ -37,11 +43,23 @@ class Admission:
         if self._slots is None:
             yield
             return
+        if self._slots.locked():
+            await self._wait_for(self._slots)
+        else:  # a slot is free and nobody is queued: no timer needed
+            await self._slots.acquire()
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
+            self._slots.release()
+
+    async def _wait_for(self, slots: asyncio.Semaphore) -> None:
         started = time.monotonic()
         self.waiting += 1
         try:
             async with asyncio.timeout(self.timeout):
-                await self._slots.acquire()
+                await slots.acquire()
         except TimeoutError:
             raise PoolBusyError(f"no connection was free within {self.timeout:g} s") from None
         finally:
@@ -49,7 +67,3 @@ class Admission:
         waited = time.monotonic() - started
         if waited > self.wait_warning:
             logger.warning("A request waited %.2f s for a database connection", waited)
-        try:
-            yield
-        finally:
-            self._slots.release()

@@ -1,5 +1,6 @@
 """The application factory."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Start anyway: /health answers and /health/db reports 503 until the database
             # is back, instead of an orchestrator restarting the process in a loop.
             logger.error("Database %s unreachable at startup: %s", database.url, describe(error))
+        # Everything made so far lives as long as the process: freezing it keeps the
+        # collector from walking it again, which under load made pauses of 50 ms or more.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
