@@ -292,7 +292,13 @@ class Database:
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:
-        """A connection in autocommit mode: each statement is its own transaction."""
+        """A connection for reading, in autocommit mode: one round trip per statement.
+
+        No transaction is begun or rolled back around the statements, so two of them may
+        see different snapshots and nothing can be written; use a session for that. The
+        connection goes back to the pool when the block ends, before the response is
+        built from the rows.
+        """
         async with self._admitted(), self.read_engine.connect() as connection:
             yield connection
 
@@ -334,16 +340,9 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A connection for endpoints that only read, one round trip per statement.
-
-    In autocommit mode, so there is no transaction to begin or roll back: two statements
-    may see different snapshots, and ``commit()`` writes nothing. Use ``SessionDep`` for
-    anything that writes or needs several statements to agree.
-    """
-    database: Database = request.app.state.database
-    async with database.read_connection() as connection:
-        yield connection
+async def get_database(request: Request) -> Database:
+    # async: FastAPI would run a plain function in a worker thread.
+    return request.app.state.database
 
 
-ReadConnectionDep = Annotated[AsyncConnection, Depends(get_read_connection, scope="function")]
+DatabaseDep = Annotated[Database, Depends(get_database)]
