@@ -15,7 +15,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.database import Database, SessionDep
+from {{ cookiecutter.package_name }}.database import PING_AFTER_IDLE_SECONDS, Database, SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
 from .support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
@@ -363,6 +363,7 @@ async def test_with_pre_ping_requests_survive_dropped_connections(
     async with serve(settings) as (app, client):
         await warm_pool(client, app, 2)
         assert await terminate_app_connections(database_url) == 2
+        await asyncio.sleep(PING_AFTER_IDLE_SECONDS)  # only idle connections are tested
 
         responses = [await client.get("/items") for _ in range(5)]
 

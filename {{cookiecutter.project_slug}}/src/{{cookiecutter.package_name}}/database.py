@@ -45,6 +45,9 @@ FAIL_FAST_SECONDS = 1.0
 # Any fixed number: workers starting together take this lock in turn to create tables.
 SCHEMA_LOCK_ID = 7_241_857
 
+# What the engine for writes switches its connections to: each database's own default.
+TRANSACTION_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
+
 # POOL_PRE_PING tests connections that have been idle in the pool at least this long.
 PING_AFTER_IDLE_SECONDS = 1.0
 RETURNED_AT = "returned_at"
@@ -155,16 +158,21 @@ class Database:
         self._fail_fast_until = 0.0
         # str() of a URL masks the password, so ``self.url`` is safe to log.
         self.url = make_url(settings.database_url.get_secret_value())
-        self.engine = create_async_engine(
+        # One pool, two ways to use it. Its connections are in autocommit mode, so a read
+        # is one round trip with nothing to begin, roll back or switch back afterwards;
+        # ``engine`` (sessions, schema changes) switches the connection it takes to a
+        # transaction at the database's default isolation level.
+        self.read_engine = create_async_engine(
             self.url,
+            isolation_level="AUTOCOMMIT",
             connect_args=connect_args(self.url, settings),
             # Error messages would otherwise quote the values of a failed statement.
             hide_parameters=True,
             **pool_options(self.url, settings),
         )
-        # Endpoints that only read take connections in autocommit mode from the same pool:
-        # no BEGIN and ROLLBACK round trips around their one statement.
-        self.read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.engine = self.read_engine.execution_options(
+            isolation_level=TRANSACTION_ISOLATION[self.url.get_backend_name()]
+        )
         self.admission = Admission(self.capacity, settings.pool_timeout, settings.pool_wait_warning)
         # expire_on_commit=False: objects stay readable after commit, while the response is
         # built. close_resets_only=False: a closed session refuses further use instead of
@@ -315,7 +323,7 @@ class Database:
 
     async def dispose(self) -> None:
         checked_out = self.pool_status()["checked_out"]
-        await self.engine.dispose()
+        await self.read_engine.dispose()
         logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)
 
 
