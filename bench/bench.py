@@ -22,6 +22,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -121,7 +122,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per point (3)")
     parser.add_argument("--connections", default="1,16,64", help="wrk connections (1,16,64)")
     parser.add_argument("--workers", default="1,2", help="uvicorn worker counts (1,2)")
-    parser.add_argument("--template", default=str(TEMPLATE_DIR), help="template to bake")
+    parser.add_argument(
+        "--template",
+        default=str(TEMPLATE_DIR),
+        help="template folder to bake, or a git revision of this repository (an earlier state)",
+    )
     parser.add_argument("--work-dir", default=str(BENCH_DIR / "out"), help="bake and venv here")
     parser.add_argument(
         "--results", default=str(BENCH_DIR / "RESULTS.md"), help="file to write the table to"
@@ -139,6 +144,17 @@ def bake(work: Path, template: str) -> Path:
     """A fresh bake with the template's defaults and the benchmark database."""
     output = work / "bake"
     shutil.rmtree(output, ignore_errors=True)
+    if not Path(template).is_dir():  # a git revision: bake the template as it was then
+        exported = work / "template"
+        shutil.rmtree(exported, ignore_errors=True)
+        exported.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(TEMPLATE_DIR), "archive", template], capture_output=True, check=False
+        )
+        if archive.returncode != 0:
+            raise SystemExit(f"--template {template!r}: not a folder or a git revision")
+        subprocess.run(["tar", "-x", "-C", str(exported)], input=archive.stdout, check=True)
+        template = str(exported)
     context = {
         "project_name": "Bench App",
         "database_url": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}",
@@ -203,9 +219,12 @@ def measure(
                 for case in CASES:
                     run_ = measured_run(urls[case], connections, options.duration)
                     points[case, connections].runs.append(run_)
-                    print(f"   run {repeat + 1} {case:>8} c={connections:<3} "
-                          f"{run_.rps:8.0f} req/s  p50 {run_.p50_ms:7.2f} ms  "
-                          f"p99 {run_.p99_ms:7.2f} ms  errors {run_.errors}", flush=True)  # fmt: skip
+                    print(
+                        f"   run {repeat + 1} {case:>8} c={connections:<3} {run_.rps:8.0f} req/s"
+                        f"  p50 {run_.p50_ms:7.2f} ms  p99 {run_.p99_ms:7.2f} ms"
+                        f"  errors {run_.errors}",
+                        flush=True,
+                    )
     return points
 
 
@@ -356,8 +375,6 @@ def run(command: list[str], capture: bool = False, env: dict[str, str] | None = 
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -385,8 +402,8 @@ def targets(results: dict[int, dict[tuple[str, int], Point]]) -> list[tuple[str,
     pooled, nullpool = point("pooled", 16), point("nullpool", 16)
     if pooled and nullpool:
         ratio = pooled.median("rps") / nullpool.median("rps")
-        checks.append(("pooled / NullPool, req/s at 16", ratio,
-                       f">= {POOLED_OVER_NULLPOOL_TARGET}", ratio >= POOLED_OVER_NULLPOOL_TARGET))  # fmt: skip
+        target = POOLED_OVER_NULLPOOL_TARGET
+        checks.append(("pooled / NullPool, req/s at 16", ratio, f">= {target}", ratio >= target))
     pooled_points = [p for (case, _), p in points.items() if case == "pooled"]
     churn = max(p.new_connections_per_request for p in pooled_points)
     checks.append(("pooled new server connections per request", churn, "0", churn == 0))
@@ -406,10 +423,13 @@ def render_report(
     python: Path,
     elapsed: float,
 ) -> str:
+    connections = ",".join(map(str, options.connections))
+    worker_counts = ",".join(map(str, options.workers))
     lines = [
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {elapsed / 60:.0f} min: `bench/run "
         f"--duration {options.duration} --repeats {options.repeats} --connections "
-        f"{','.join(map(str, options.connections))} --workers {','.join(map(str, options.workers))}`",
+        f"{connections} --workers {worker_counts}"
+        + (f" --template {options.template}`" if options.template != str(TEMPLATE_DIR) else "`"),
         "",
         f"Machine: {machine()}; {versions(python)}.",
         f"Baked defaults: pool_size {settings['pool_size']}, max_overflow "

@@ -1,11 +1,16 @@
-"""Helpers shared by the tests: test settings, the PostgreSQL switch, an in-process server."""
+"""Helpers shared by the tests: test settings, the PostgreSQL switch, servers to test against."""
 
+import asyncio
 import os
+import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -45,3 +50,35 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    output: str = ""  # what uvicorn printed, once it has stopped
+
+
+@asynccontextmanager
+async def uvicorn_server(env: dict[str, str], workers: int = 1) -> AsyncIterator[Server]:
+    """The app served by a real uvicorn on a free port, ready; stopped with SIGTERM on exit."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+        "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
+        cwd=PROJECT_DIR, env=os.environ | env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    server = Server(f"http://127.0.0.1:{port}")
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+            for _ in range(150):
+                try:
+                    if (await client.get("/health/db")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        server.output = (await asyncio.wait_for(process.communicate(), timeout=30))[0].decode()

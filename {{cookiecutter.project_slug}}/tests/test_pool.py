@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
+from {{ cookiecutter.package_name }} import database as database_module
 from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -253,3 +255,86 @@ async def test_admission_timeouts_and_cancellations_give_their_places_back() -> 
 
     async with asyncio.timeout(1), admission.admit():  # the one place is free again
         assert admission.waiting == 0
+
+
+# The request path
+
+
+def driver_in_transaction(driver_connection: object) -> bool:
+    """Whether the driver itself has a transaction open (asyncpg or aiosqlite)."""
+    if hasattr(driver_connection, "is_in_transaction"):  # asyncpg
+        return driver_connection.is_in_transaction()
+    return driver_connection.in_transaction  # aiosqlite
+
+
+async def test_sessions_write_in_a_transaction_and_reads_run_without_one(
+    database_url: str,
+) -> None:
+    async with serve(make_settings(database_url, pool_size=1, max_overflow=0)) as (app, client):
+        database: Database = app.state.database
+        assert (await client.get("/items")).status_code == 200  # a read used the connection
+        async with database.session() as session:
+            session.add(Item(name="never committed"))
+            await session.flush()
+            raw = await (await session.connection()).get_raw_connection()
+            assert driver_in_transaction(raw.driver_connection)
+        # The same, only, connection back from the session: the write was rolled back and
+        # the connection is in autocommit mode again.
+        async with database.read_connection() as connection:
+            assert (await connection.execute(select(Item))).all() == []
+            raw = await connection.get_raw_connection()
+            assert not driver_in_transaction(raw.driver_connection)
+        assert database.connections_opened == 1
+
+
+async def test_requests_use_at_most_pool_size_connections_and_queue_for_them(
+    database_url: str,
+) -> None:
+    """Overflow would be closed on return and reopened: requests queue for the pool instead."""
+    settings = make_settings(database_url, pool_size=2, max_overflow=5, pool_timeout=10)
+    async with serve(settings) as (app, client):
+        database: Database = app.state.database
+
+        @app.get("/hold")
+        async def hold(session: SessionDep) -> dict[str, int]:
+            await session.execute(select(Item).limit(1))
+            await asyncio.sleep(0.1)
+            return database.pool_status()
+
+        statuses = await asyncio.gather(*(client.get("/hold") for _ in range(8)))
+        seen = [response.json() for response in statuses]
+
+        assert {response.status_code for response in statuses} == {200}
+        assert max(status["checked_out"] for status in seen) == 2
+        assert max(status["waiting"] for status in seen) > 0
+        assert database.connections_opened <= 2
+        assert database.pool_status()["overflow"] == 0
+
+
+async def test_pre_ping_tests_only_connections_that_sat_idle(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 0.3)
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    async with serve(settings) as (app, client):
+        dialect = app.state.database.read_engine.dialect
+        pings = []
+        ping = dialect.do_ping
+        monkeypatch.setattr(dialect, "do_ping", lambda conn: pings.append(1) or ping(conn))
+
+        for _ in range(5):
+            assert (await client.get("/items")).status_code == 200
+        assert pings == []  # in use a moment ago
+
+        await asyncio.sleep(0.4)
+        assert (await client.get("/items")).status_code == 200
+        assert pings == [1]
+
+
+async def test_objects_made_at_startup_are_frozen_out_of_garbage_collection(
+    database_url: str,
+) -> None:
+    gc.unfreeze()
+    async with serve(make_settings(database_url)):
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()

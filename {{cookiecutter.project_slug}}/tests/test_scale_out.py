@@ -1,7 +1,4 @@
 import asyncio
-import os
-import signal
-import sys
 import time
 
 import httpx
@@ -9,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .support import PROJECT_DIR, free_port, make_settings, requires_postgres, serve
+from .support import make_settings, requires_postgres, serve, uvicorn_server
 
 pytestmark = pytest.mark.anyio
 
@@ -39,32 +36,16 @@ async def peak_app_connections(database_url: str, until: asyncio.Event) -> int:
 
 @requires_postgres
 async def test_workers_together_stay_within_workers_times_pool_capacity(database_url: str):
-    port = free_port()
-    env = os.environ | {
+    env = {
         "DATABASE_URL": database_url,
         "POOL_SIZE": str(POOL_SIZE),
         "MAX_OVERFLOW": str(MAX_OVERFLOW),
         "WORKERS": str(WORKERS),
     }
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
-        "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
-        cwd=PROJECT_DIR, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
     statuses: list[int] = []
-    try:
+    async with uvicorn_server(env, workers=WORKERS) as server:
         limits = httpx.Limits(max_connections=40)
-        async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=limits
-        ) as client:
-            for _ in range(150):
-                try:
-                    if (await client.get("/health/db")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
             done = asyncio.Event()
             sampler = asyncio.create_task(peak_app_connections(database_url, done))
             deadline = time.monotonic() + 3
@@ -80,14 +61,11 @@ async def test_workers_together_stay_within_workers_times_pool_capacity(database
             await asyncio.gather(*(load(n) for n in range(40)))
             done.set()
             peak = await sampler
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output = (await asyncio.wait_for(server.communicate(), timeout=30))[0].decode()
 
-    assert set(statuses) <= {200, 201}, output
+    assert set(statuses) <= {200, 201}, server.output
     assert len(statuses) > 100
     # Each worker has its own pool; together they never pass their sum.
-    assert 1 <= peak <= WORKERS * (POOL_SIZE + MAX_OVERFLOW), output
+    assert 1 <= peak <= WORKERS * (POOL_SIZE + MAX_OVERFLOW), server.output
 
 
 async def test_null_pool_opens_a_connection_per_request(database_url: str) -> None:
