@@ -10,6 +10,7 @@ this machine: on a small one, this script takes CPU from the service it measures
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import time
@@ -80,7 +81,8 @@ def parse_arguments() -> argparse.Namespace:
 
 async def run_levels(options: argparse.Namespace) -> list[Level]:
     limits = httpx.Limits(max_connections=max(options.clients) + 1)
-    async with httpx.AsyncClient(base_url=options.url, limits=limits, timeout=options.timeout) as client:
+    client = httpx.AsyncClient(base_url=options.url, limits=limits, timeout=options.timeout)
+    async with client:
         await client.get(options.path)  # reachable, and warm
         return [await run_level(client, options, clients) for clients in options.clients]
 
@@ -159,12 +161,12 @@ def reading(levels: list[Level]) -> str:
                 f"{level.pool_size} connections in use, up to {level.peak_waiting} requests "
                 "waiting): raise pool_size if the database has room, or add workers"
             )
-    for previous, level in zip(levels, levels[1:], strict=False):
+    for previous, level in itertools.pairwise(levels):
         if level.requests_per_second < 1.1 * previous.requests_per_second:
             return (
                 f"throughput stopped growing at {level.clients} clients while the pool had room:"
-                " the app's CPU is the limit, add workers (and keep workers x pool within the"
-                " database's max_connections)"
+                " CPU is the limit (the app's, or this script's on the same machine); add"
+                " workers, keeping workers x pool within the database's max_connections"
             )
     return f"no limit reached up to {levels[-1].clients} clients: the pool has room"
 

@@ -59,11 +59,18 @@ class Server:
 
 
 @asynccontextmanager
-async def uvicorn_server(env: dict[str, str], workers: int = 1) -> AsyncIterator[Server]:
-    """The app served by a real uvicorn on a free port, ready; stopped with SIGTERM on exit."""
+async def uvicorn_server(
+    env: dict[str, str],
+    workers: int = 1,
+    app: tuple[str, ...] = ("{{ cookiecutter.package_name }}.main:app",),
+) -> AsyncIterator[Server]:
+    """The app served by a real uvicorn on a free port, ready; stopped with SIGTERM on exit.
+
+    ``app`` is uvicorn's app argument, and options such as ``--factory``.
+    """
     port = free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "{{ cookiecutter.package_name }}.main:app",
+        sys.executable, "-m", "uvicorn", *app,
         "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port),
         cwd=PROJECT_DIR, env=os.environ | env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -10,8 +10,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
 from {{ cookiecutter.package_name }} import database as database_module
+from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
 from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings

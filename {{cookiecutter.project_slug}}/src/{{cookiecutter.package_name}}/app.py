@@ -32,8 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.error("Database %s unreachable at startup: %s", database.url, describe(error))
         # Everything made so far lives as long as the process: freezing it keeps the
         # collector from walking it again, which under load made pauses of 50 ms or more.
+        # A request allocates hundreds of objects that die young: collecting every 20,000
+        # allocations instead of every 700 saves the collector most of its passes.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(20_000, 50, 100)
         try:
             yield
         finally:

@@ -6,10 +6,10 @@ is written, and no ORM objects built only to be serialised. Writes go through th
 one transaction per request.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from sqlalchemy import bindparam, select
+from sqlalchemy import Result, bindparam, select
 
 from .database import DatabaseDep, SessionDep
 from .models import Item
@@ -27,6 +27,12 @@ page_of_items = select_items.order_by(Item.id).limit(bindparam("limit")).offset(
 item_by_id = select_items.where(Item.id == bindparam("item_id"))
 
 
+def as_dicts(rows: Result[Any]) -> list[dict[str, Any]]:
+    """Pydantic validates a dict several times faster than it reads a Row's attributes."""
+    columns = rows.keys()
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
 @router.get("")
 async def list_items(
     database: DatabaseDep,
@@ -35,7 +41,7 @@ async def list_items(
 ) -> list[ItemRead]:
     async with database.read_connection() as connection:
         rows = await connection.execute(page_of_items, {"limit": limit, "offset": offset})
-    return rows.all()
+    return as_dicts(rows)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
