@@ -15,7 +15,11 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.database import PING_AFTER_IDLE_SECONDS, Database, SessionDep
+from {{ cookiecutter.package_name }}.database import (
+    PING_AFTER_IDLE_SECONDS,
+    Database,
+    SessionDep,
+)
 from {{ cookiecutter.package_name }}.models import Item
 
 from .support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
