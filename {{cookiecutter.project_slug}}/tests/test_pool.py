@@ -12,7 +12,12 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from {{ cookiecutter.package_name }} import database as database_module
 from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
-from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
+from {{ cookiecutter.package_name }}.database import (
+    Database,
+    SessionDep,
+    connect_args,
+    remember_when_returned,
+)
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -62,7 +67,9 @@ async def test_pool_settings_come_from_environment_variables(
 
     database = Database(settings, Base.metadata)
     try:
-        assert database.engine.pool._pre_ping is pre_ping
+        # POOL_PRE_PING is the app's own idle check, hooked on the pool's checkins.
+        hooked = event.contains(database.engine.sync_engine, "checkin", remember_when_returned)
+        assert hooked is pre_ping
         assert database.engine.pool._recycle == recycle
     finally:
         await database.dispose()
