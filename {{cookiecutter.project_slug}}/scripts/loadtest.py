@@ -90,11 +90,12 @@ async def run_levels(options: argparse.Namespace) -> list[Level]:
 async def run_level(client: httpx.AsyncClient, options: argparse.Namespace, clients: int) -> Level:
     level = Level(clients)
     deadline = time.monotonic() + options.seconds
-    budget = [options.max_requests]
+    remaining = options.max_requests
 
     async def one_client() -> None:
-        while time.monotonic() < deadline and budget[0] > 0:
-            budget[0] -= 1
+        nonlocal remaining
+        while time.monotonic() < deadline and remaining > 0:
+            remaining -= 1
             started = time.perf_counter()
             try:
                 response = await client.get(options.path)
