@@ -15,11 +15,8 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.database import (
-    PING_AFTER_IDLE_SECONDS,
-    Database,
-    SessionDep,
-)
+from {{ cookiecutter.package_name }} import database as database_module
+from {{ cookiecutter.package_name }}.database import Database, SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
 from .support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
@@ -361,13 +358,14 @@ async def warm_pool(client: AsyncClient, app: FastAPI, connections: int) -> None
 
 @requires_postgres
 async def test_with_pre_ping_requests_survive_dropped_connections(
-    database_url: str, caplog: pytest.LogCaptureFixture
+    database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 0.3)
     settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_pre_ping=True)
     async with serve(settings) as (app, client):
         await warm_pool(client, app, 2)
         assert await terminate_app_connections(database_url) == 2
-        await asyncio.sleep(PING_AFTER_IDLE_SECONDS)  # only idle connections are tested
+        await asyncio.sleep(0.3)  # only connections idle this long are tested
 
         responses = [await client.get("/items") for _ in range(5)]
 
