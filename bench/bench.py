@@ -95,8 +95,7 @@ class Point:
 
 def main() -> int:
     options = parse_arguments()
-    tools = {"wrk": shutil.which("wrk")}
-    if tools["wrk"] is None:
+    if shutil.which("wrk") is None:
         print("wrk is not installed: run bench/run, which installs it", file=sys.stderr)
         return 2
     work = Path(options.work_dir).resolve()
@@ -113,7 +112,9 @@ def main() -> int:
     report = render_report(results, settings, options, python, elapsed)
     print(report)
     write_results(Path(options.results), report)
-    return 0 if targets_met(results) or not options.check else 1
+    if options.check and not targets_met(results):
+        return 1
+    return 0
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -133,8 +134,14 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     options = parser.parse_args()
-    options.connections = [int(value) for value in options.connections.split(",")]
-    options.workers = [int(value) for value in options.workers.split(",")]
+    for name in ("connections", "workers"):
+        value = getattr(options, name)
+        try:
+            setattr(options, name, [int(number) for number in value.split(",")])
+        except ValueError:
+            parser.error(f"--{name}={value!r}: expected whole numbers separated by commas")
+    if min(options.workers) < 1:
+        parser.error("--workers: every count must be at least 1")
     if options.duration < 1 or options.repeats < 1 or min(options.connections) < 1:
         parser.error("--duration, --repeats and every connection count must be at least 1")
     return options

@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,20 @@ def test_the_benchmark_runs_end_to_end_with_one_command(postgres_url: str, tmp_p
         assert f"| {case} | 4 |" in table
     assert "| pooled / NullPool |" in table
     assert "| errors (pooled, raw, ping) | 0 | 0 | yes |" in table
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--connections=16,many", "--connections='16,many': expected whole numbers"),
+        ("--workers=0", "--workers: every count must be at least 1"),
+        ("--duration=0", "--duration, --repeats and every connection count must be at least 1"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(argument: str, message: str) -> None:
+    command = [sys.executable, str(BENCH_DIR / "bench.py"), argument]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert finished.returncode == 2
+    assert message in finished.stderr
+    assert "Traceback" not in finished.stderr
