@@ -47,7 +47,7 @@ async def test_loadtest_reports_a_saturated_pool_and_keeps_to_its_budget(
     slow_app = ("tests.apps:app_with_slow_route", "--factory")
     async with uvicorn_server(env | {"SLOW_SECONDS": "0.05"}, app=slow_app) as server:
         code, output = await run_script(
-            server.url, "--path", "/slow", "--clients", "1,12", "--seconds", "1"
+            server.url, "--path", "/slow", "--clients", "1,12", "--seconds", "0.6"
         )
         started = time.monotonic()
         budget_code, budget_output = await run_script(
