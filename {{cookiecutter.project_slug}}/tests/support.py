@@ -55,7 +55,15 @@ def free_port() -> int:
 @dataclass
 class Server:
     url: str
+    process: asyncio.subprocess.Process
     output: str = ""  # what uvicorn printed, once it has stopped
+
+    async def stop(self) -> None:
+        """SIGTERM, then wait for uvicorn's graceful shutdown and keep what it printed."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            printed = await asyncio.wait_for(self.process.communicate(), timeout=30)
+            self.output = printed[0].decode()
 
 
 @asynccontextmanager
@@ -64,7 +72,7 @@ async def uvicorn_server(
     workers: int = 1,
     app: tuple[str, ...] = ("{{ cookiecutter.package_name }}.main:app",),
 ) -> AsyncIterator[Server]:
-    """The app served by a real uvicorn on a free port, ready; stopped with SIGTERM on exit.
+    """The app served by a real uvicorn on a free port, ready; stopped on exit if still up.
 
     ``app`` is uvicorn's app argument, and options such as ``--factory``.
     """
@@ -75,7 +83,7 @@ async def uvicorn_server(
         cwd=PROJECT_DIR, env=os.environ | env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    server = Server(f"http://127.0.0.1:{port}")
+    server = Server(f"http://127.0.0.1:{port}", process)
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
             for _ in range(150):
@@ -87,5 +95,9 @@ async def uvicorn_server(
                 await asyncio.sleep(0.1)
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        server.output = (await asyncio.wait_for(process.communicate(), timeout=30))[0].decode()
+        try:
+            await server.stop()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
