@@ -10,14 +10,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
-from {{ cookiecutter.package_name }} import database as database_module
+from {{ cookiecutter.package_name }} import pre_ping
 from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
-from {{ cookiecutter.package_name }}.database import (
-    Database,
-    SessionDep,
-    connect_args,
-    remember_when_returned,
-)
+from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -68,7 +63,9 @@ async def test_pool_settings_come_from_environment_variables(
     database = Database(settings, Base.metadata)
     try:
         # POOL_PRE_PING is the app's own idle check, hooked on the pool's checkins.
-        hooked = event.contains(database.engine.sync_engine, "checkin", remember_when_returned)
+        hooked = event.contains(
+            database.engine.sync_engine, "checkin", pre_ping.remember_when_returned
+        )
         assert hooked is pre_ping
         assert database.engine.pool._recycle == recycle
     finally:
@@ -321,7 +318,7 @@ async def test_requests_use_at_most_pool_size_connections_and_queue_for_them(
 async def test_pre_ping_tests_only_connections_that_sat_idle(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(pre_ping, "PING_AFTER_IDLE_SECONDS", 0.3)
     settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
     async with serve(settings) as (app, client):
         dialect = app.state.database.read_engine.dialect

@@ -15,7 +15,7 @@ from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }} import database as database_module
+from {{ cookiecutter.package_name }} import pre_ping
 from {{ cookiecutter.package_name }}.database import Database, SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
@@ -333,7 +333,8 @@ async def test_unreachable_database_gives_quick_503s_while_liveness_stays_up(
 # Dead connections
 
 
-async def terminate_app_connections(database_url: str) -> int:
+async def terminate_app_connections(database_url: str, settle: float = 0.2) -> int:
+    """pg_terminate_backend on every connection of the app; ``settle``: seconds to wait after."""
     admin = create_async_engine(database_url)
     try:
         async with admin.connect() as connection:
@@ -346,7 +347,7 @@ async def terminate_app_connections(database_url: str) -> int:
             )
     finally:
         await admin.dispose()
-    await asyncio.sleep(0.2)  # the server closes the sockets asynchronously
+    await asyncio.sleep(settle)  # the server closes the sockets asynchronously
     return terminated
 
 
@@ -358,19 +359,52 @@ async def warm_pool(client: AsyncClient, app: FastAPI, connections: int) -> None
 
 @requires_postgres
 async def test_with_pre_ping_requests_survive_dropped_connections(
-    database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_SECONDS", 0.3)
     settings = make_settings(database_url, pool_size=2, max_overflow=0, pool_pre_ping=True)
     async with serve(settings) as (app, client):
         await warm_pool(client, app, 2)
         assert await terminate_app_connections(database_url) == 2
-        await asyncio.sleep(0.3)  # only connections idle this long are tested
 
         responses = [await client.get("/items") for _ in range(5)]
 
     assert [r.status_code for r in responses] == [200] * 5
     assert any("discarded" in r.getMessage() for r in caplog.records)
+
+
+@requires_postgres
+@pytest.mark.parametrize(
+    ("settle", "goodbye_read"),
+    [(0, True), (0.2, True), (0.2, False)],
+    ids=["at-once", "goodbye-read", "goodbye-not-read-yet"],
+)
+async def test_with_pre_ping_connections_dropped_right_after_a_burst_cost_no_request(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, settle: float, goodbye_read: bool
+) -> None:
+    """Connections used a moment ago, then dropped: reads and writes all still succeed.
+
+    "goodbye-not-read-yet" hides from the app that the driver saw the server close each
+    connection, as when a request takes one in the instant before the news arrives: reads
+    must then be run again on a new connection, and writes find out by their ping.
+    """
+    if not goodbye_read:
+        monkeypatch.setattr(pre_ping, "driver_says_closed", lambda _: False)
+    settings = make_settings(database_url, pool_size=3, max_overflow=2, pool_pre_ping=True)
+    async with serve(settings) as (app, client):
+        await warm_pool(client, app, 5)
+        burst = [client.get("/items") for _ in range(10)]
+        assert {r.status_code for r in await asyncio.gather(*burst)} == {200}
+        assert await terminate_app_connections(database_url, settle) == 5
+
+        # Writes first: each must find its connection dead on its own.
+        after = [client.post("/items", json={"name": f"after-{n}"}) for n in range(4)]
+        after += [client.get("/items") for _ in range(6)]
+        after += [client.get("/items/999999") for _ in range(2)]
+        responses = await asyncio.gather(*after)
+        one_by_one = [(await client.get("/items")).status_code for _ in range(6)]
+
+    assert [r.status_code for r in responses] == [201] * 4 + [200] * 6 + [404] * 2
+    assert one_by_one == [200] * 6
 
 
 @requires_postgres

@@ -17,18 +17,19 @@ from alembic.config import Config
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import {% if cookiecutter.use_alembic %}URL, Connection{% else %}URL{% endif %}, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
+from . import pre_ping
 from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
+from .pool import LingeringOverflowPool
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ SCHEMA_LOCK_ID = 7_241_857
 
 # What the engine for writes switches its connections to: each database's own default.
 TRANSACTION_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
-
-# POOL_PRE_PING tests connections that have been idle in the pool at least this long.
-PING_AFTER_IDLE_SECONDS = 1.0
-RETURNED_AT = "returned_at"
 
 
 def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
@@ -77,6 +74,8 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
     if settings.pool_class == "null":
         return {"poolclass": NullPool}
     return {
+        "poolclass": LingeringOverflowPool,
+        "overflow_idle_timeout": settings.pool_overflow_idle_timeout,
         "pool_size": settings.pool_size,
         "max_overflow": settings.max_overflow,
         "pool_timeout": settings.pool_timeout,
@@ -105,10 +104,6 @@ def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
         # The server cancels a statement past it, and the connection stays usable.
         server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
     return args | {"server_settings": server_settings}
-
-
-def remember_when_returned(_: object, connection_record: ConnectionPoolEntry) -> None:
-    connection_record.info[RETURNED_AT] = time.monotonic()
 
 
 def is_sqlite_file(url: URL) -> bool:
@@ -170,7 +165,11 @@ class Database:
             hide_parameters=True,
             **pool_options(self.url, settings),
         )
-        self.engine = self.read_engine.execution_options(
+        self.engine = self.read_engine.execution_options()
+        if settings.pool_pre_ping and isinstance(self.engine.pool, QueuePool):
+            pre_ping.install(self.read_engine.sync_engine, self.engine.sync_engine)
+        # After pre_ping's hook, so that its ping runs before the switch to a transaction.
+        self.engine.update_execution_options(
             isolation_level=TRANSACTION_ISOLATION[self.url.get_backend_name()]
         )
         self.admission = Admission(self.capacity, settings.pool_timeout, settings.pool_wait_warning)
@@ -184,9 +183,6 @@ class Database:
         event.listen(self.engine.sync_engine, "connect", self._count_connection)
         event.listen(self.engine.sync_engine, "close", self._count_closed_connection)
         event.listen(self.engine.sync_engine, "invalidate", self._log_invalidation)
-        if settings.pool_pre_ping and isinstance(self.engine.pool, QueuePool):
-            event.listen(self.engine.sync_engine, "checkin", remember_when_returned)
-            event.listen(self.engine.sync_engine, "checkout", self._ping_if_idle)
         if is_sqlite_file(self.url):
             event.listen(self.engine.sync_engine, "connect", use_sqlite_write_ahead_log)
 
@@ -196,27 +192,6 @@ class Database:
     def _count_closed_connection(self, *_: object) -> None:
         self.connections_closed += 1
 
-    def _ping_if_idle(
-        self, dbapi_connection: DBAPIConnection, connection_record: ConnectionPoolEntry, _: object
-    ) -> None:
-        """``POOL_PRE_PING``: test a connection that sat idle before handing it out.
-
-        SQLAlchemy's own ``pool_pre_ping`` tests every checkout; with asyncpg that is three
-        round trips (BEGIN, the ping, ROLLBACK), and it halved the app's requests per
-        second. A connection that the server dropped while it sat in the pool (restart,
-        failover, idle reaping) is caught all the same: under load connections are back in
-        use within milliseconds, and one that fails in use makes SQLAlchemy replace every
-        connection opened before the failure.
-        """
-        returned_at = connection_record.info.get(RETURNED_AT)
-        if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
-            return  # new, or in use a moment ago
-        try:
-            self.engine.dialect.do_ping(dbapi_connection)
-        except Exception as error:
-            # The pool discards this connection and hands out another, new if need be.
-            raise DisconnectionError(f"idle connection failed its ping: {error!r}") from error
-
     def _log_invalidation(self, _: object, __: object, error: BaseException | None) -> None:
         # A dropped connection (server restart, failover, idle reaping) is replaced.
         reason = type(error).__name__ if error is not None else "invalidated"
@@ -224,16 +199,15 @@ class Database:
 
     @property
     def capacity(self) -> int | None:
-        """How many requests use the database at once; None without a pool (NullPool).
+        """How many requests use the database at once: ``pool_size + max_overflow``.
 
-        ``pool_size``, not ``pool_size + max_overflow``: SQLAlchemy closes an overflow
-        connection as soon as it is returned while ``pool_size`` others are idle, which
-        under steady load means a new server connection for every few requests. Requests
-        queue for the pooled connections instead; overflow is left for the work that does
-        not queue (readiness checks, table creation).
+        None when nothing limits it: ``max_overflow=-1``, or no pool at all (NullPool).
+        Requests beyond it queue in arrival order for at most ``pool_timeout`` seconds.
         """
         pool = self.engine.pool
-        return pool.size() if isinstance(pool, QueuePool) else None
+        if not isinstance(pool, QueuePool) or pool._max_overflow == -1:  # no public accessor
+            return None
+        return pool.size() + pool._max_overflow
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now.

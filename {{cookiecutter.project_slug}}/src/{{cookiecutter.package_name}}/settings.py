@@ -40,15 +40,23 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(
         {{ cookiecutter.database_url | database_url_with_placeholder | python_string }},
     )
-    # 0 would mean "no limit" to SQLAlchemy, so at least one connection.
+    # Connections the pool keeps open (0 would mean "no limit" to SQLAlchemy: at least 1).
     pool_size: int = Field(default={{ cookiecutter.pool_size | int }}, ge=1, le=MAX_NUMBER)
-    # -1 means no limit on connections above pool_size; below that SQLAlchemy breaks.
+    # How many more a burst may open; pool_size + max_overflow is the most connections, and
+    # requests, one worker uses at once. -1 = no limit (below that SQLAlchemy breaks).
     max_overflow: int = Field(default={{ cookiecutter.max_overflow | int }}, ge=-1, le=MAX_NUMBER)
-    # Seconds a request waits for a free connection before it fails.
+    # Seconds an overflow connection stays open, idle, after its last use (0 = closed when
+    # returned, as SQLAlchemy's own pool does): load that swings around pool_size reuses it
+    # instead of opening a new server connection every few requests.
+    pool_overflow_idle_timeout: float = Field(
+        default=10.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False
+    )
+    # Seconds a request waits for a free connection before it fails (503).
     pool_timeout: float = Field(default={{ cookiecutter.pool_timeout | float }}, gt=0, le=MAX_NUMBER, allow_inf_nan=False)
     # Seconds after which a connection is replaced at its next checkout; -1 = never.
     pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1, le=MAX_NUMBER)
-    # Test each connection with a round trip before use, so a restarted server costs no errors.
+    # Never hand a request a connection the server has dropped (restart, failover, idle
+    # reaping): checked at checkout, pinged after a second idle, reads retried once.
     pool_pre_ping: bool = {{ cookiecutter.pool_pre_ping | python_bool }}
     # Worker processes serving the app (uvicorn --workers), each with its own pool: the
     # startup check against the server's max_connections counts this many pools.

@@ -1,0 +1,159 @@
+"""``POOL_PRE_PING``: a connection the server dropped is never handed to a request.
+
+SQLAlchemy's own ``pool_pre_ping`` sends a ping at every checkout; with asyncpg that is
+three round trips (BEGIN, the ping, ROLLBACK), and it halved the app's reads per second
+(bench/RESULTS.md). The same promise, kept for less:
+
+1. At checkout, for free: a connection that the driver already knows is closed is
+   replaced. A server restart, a failover, ``pg_terminate_backend`` and a proxy reaping
+   idle connections all send the client a goodbye that the event loop reads at once. A
+   connection that sat idle for a second or more is also pinged, for drops that send
+   nothing (a firewall or NAT that forgot the connection).
+2. Reads, on the pool's autocommit connections: a statement that fails because its
+   connection is gone runs again on a fresh connection, once. This is SQLAlchemy's
+   recipe for a "readonly version of transparent reconnect" (FAQ, "How Do I Retry a
+   Statement Execution Automatically?"): a read changes nothing, so running it again is
+   safe. It covers a connection dropped a moment before the read, its goodbye still on
+   the way.
+3. Transactions (sessions): a transaction cannot be run again behind the code that made
+   it (the same FAQ), so its connection is pinged before the transaction begins: one
+   round trip, while the connection is still in autocommit mode.
+"""
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, ExecutionContext
+from sqlalchemy.exc import DisconnectionError, InvalidatePoolError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+logger = logging.getLogger(__name__)
+
+# Connections idle at least this long are pinged at checkout.
+PING_AFTER_IDLE_SECONDS = 1.0
+RETURNED_AT = "returned_at"
+
+
+def install(read_engine: Engine, transaction_engine: Engine) -> None:
+    """Hook the three checks onto the engines that share one pool (sync engines).
+
+    ``read_engine``'s connections are in autocommit mode; ``transaction_engine`` is the
+    same pool, and must be given its ``isolation_level`` only after this, so that the ping
+    before a transaction runs while the connection is still in autocommit mode: one round
+    trip, where a ping inside a transaction is three (BEGIN, the ping, ROLLBACK).
+    """
+    event.listen(read_engine, "checkin", remember_when_returned)
+    event.listen(read_engine, "checkout", partial(check_on_checkout, read_engine.dialect))
+    # Dialect events: they see the statements of both engines, and pick the reads.
+    event.listen(read_engine, "do_execute", retry_read_on_fresh_connection)
+    event.listen(read_engine, "do_execute_no_params", retry_read_on_fresh_connection)
+    event.listen(transaction_engine, "engine_connect", ping_before_transaction)
+
+
+def remember_when_returned(_: object, connection_record: ConnectionPoolEntry) -> None:
+    connection_record.info[RETURNED_AT] = time.monotonic()
+
+
+def check_on_checkout(
+    dialect: Dialect,
+    dbapi_connection: DBAPIConnection,
+    connection_record: ConnectionPoolEntry,
+    _: object,
+) -> None:
+    """Pool "checkout" hook: raise ``DisconnectionError`` for a connection that must not
+    be used; SQLAlchemy's pool then replaces it with another, new if need be."""
+    if driver_says_closed(dbapi_connection):
+        raise DisconnectionError("the server closed this pooled connection")
+    returned_at = connection_record.info.get(RETURNED_AT)
+    if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+        return  # new, or in use a moment ago
+    try:
+        dialect.do_ping(dbapi_connection)
+    except Exception as error:
+        # As SQLAlchemy's pre-ping does: connections opened before this one go too.
+        raise InvalidatePoolError(f"idle connection failed its ping: {error!r}") from error
+
+
+def driver_says_closed(dbapi_connection: DBAPIConnection) -> bool:
+    """asyncpg's own flag, set when the server's goodbye was read; no round trip.
+
+    SQLite files have no server to drop them, and aiosqlite no such flag.
+    """
+    is_closed = getattr(dbapi_connection.driver_connection, "is_closed", None)
+    return bool(is_closed and is_closed())
+
+
+def retry_read_on_fresh_connection(
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any = None,
+    context: ExecutionContext | None = None,
+) -> bool:
+    """``do_execute`` hook: run a read, and once more on a new connection if its was gone.
+
+    Returns True (executed) for SQLAlchemy's dialect events; transactions are left to
+    SQLAlchemy (False), since running their statements again would lose those before.
+    """
+    if context is None:  # do_execute_no_params passes the context third
+        context, parameters = parameters, None
+    connection = context.root_connection
+    if context.execution_options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
+        return False
+    dialect = context.dialect
+    try:
+        _execute(dialect, cursor, statement, parameters, context)
+    except dialect.loaded_dbapi.Error as error:
+        if not dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor):
+            raise
+        logger.warning("A read lost its connection (%s); running it again on a new one",
+                       type(error).__name__)  # fmt: skip
+        discard_connection_and_older(connection, error)
+        connection.rollback()  # SQLAlchemy's own bookkeeping; the driver was in autocommit
+        context.cursor = cursor = connection.connection.cursor()
+        _execute(dialect, cursor, statement, parameters, context)
+    return True
+
+
+def _execute(
+    dialect: Dialect,
+    cursor: DBAPICursor,
+    statement: str,
+    parameters: Any,
+    context: ExecutionContext,
+) -> None:
+    if parameters is None:
+        dialect.do_execute_no_params(cursor, statement, context)
+    else:
+        dialect.do_execute(cursor, statement, parameters, context)
+
+
+def ping_before_transaction(connection: Connection) -> None:
+    """``engine_connect`` hook: the connection answers before a transaction begins on it.
+
+    A dead one is invalidated; the connection then takes another from the pool (through
+    the checkout check) when first used, and that one is pinged as well.
+    """
+    for _ in range(3):
+        dbapi_connection = connection.connection.dbapi_connection
+        try:
+            connection.dialect.do_ping(dbapi_connection)
+            return
+        except connection.dialect.loaded_dbapi.Error as error:
+            if not connection.dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            discard_connection_and_older(connection, error)
+
+
+def discard_connection_and_older(connection: Connection, error: BaseException) -> None:
+    """What SQLAlchemy does on any disconnect: this connection is closed, and every pooled
+    connection opened before it is replaced at its next checkout (the server that dropped
+    one most likely dropped them all). The ``Connection`` takes a new one when next used.
+    """
+    pool = connection.engine.pool
+    pool_entry = connection.connection
+    connection.invalidate(error)
+    pool._invalidate(pool_entry, error, _checkin=False)  # SQLAlchemy's own call for this
