@@ -51,12 +51,12 @@ async def test_pool_settings_come_from_environment_variables(
 ) -> None:
     # Values unlike the baked defaults, so that the test fails if the variables are ignored.
     baked = Settings.model_fields
-    pre_ping = not baked["pool_pre_ping"].default
+    pre_ping_on = not baked["pool_pre_ping"].default
     recycle = baked["pool_recycle"].default + 7
     monkeypatch.setenv("POOL_SIZE", str(baked["pool_size"].default + 1))
     monkeypatch.setenv("MAX_OVERFLOW", "1")
     monkeypatch.setenv("POOL_TIMEOUT", "0.3")
-    monkeypatch.setenv("POOL_PRE_PING", str(pre_ping).lower())
+    monkeypatch.setenv("POOL_PRE_PING", str(pre_ping_on).lower())
     monkeypatch.setenv("POOL_RECYCLE", str(recycle))
     settings = make_settings(database_url)
 
@@ -66,7 +66,7 @@ async def test_pool_settings_come_from_environment_variables(
         hooked = event.contains(
             database.engine.sync_engine, "checkin", pre_ping.remember_when_returned
         )
-        assert hooked is pre_ping
+        assert hooked is pre_ping_on
         assert database.engine.pool._recycle == recycle
     finally:
         await database.dispose()
@@ -291,28 +291,74 @@ async def test_sessions_write_in_a_transaction_and_reads_run_without_one(
         assert database.connections_opened == 1
 
 
-async def test_requests_use_at_most_pool_size_connections_and_queue_for_them(
+def add_holding_route(app: FastAPI, seconds: float) -> None:
+    """GET /hold: a query, then the session kept for ``seconds``; answers the pool's numbers."""
+
+    @app.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, int]:
+        await session.execute(select(Item).limit(1))
+        await asyncio.sleep(seconds)
+        return app.state.database.pool_status()
+
+
+async def test_a_burst_uses_the_overflow_and_queues_beyond_pool_size_plus_max_overflow(
     database_url: str,
 ) -> None:
-    """Overflow would be closed on return and reopened: requests queue for the pool instead."""
-    settings = make_settings(database_url, pool_size=2, max_overflow=5, pool_timeout=10)
+    settings = make_settings(database_url, pool_size=2, max_overflow=3, pool_timeout=10)
     async with serve(settings) as (app, client):
         database: Database = app.state.database
+        add_holding_route(app, seconds=0.1)
 
-        @app.get("/hold")
-        async def hold(session: SessionDep) -> dict[str, int]:
-            await session.execute(select(Item).limit(1))
-            await asyncio.sleep(0.1)
-            return database.pool_status()
-
-        statuses = await asyncio.gather(*(client.get("/hold") for _ in range(8)))
+        statuses = await asyncio.gather(*(client.get("/hold") for _ in range(12)))
         seen = [response.json() for response in statuses]
 
         assert {response.status_code for response in statuses} == {200}
-        assert max(status["checked_out"] for status in seen) == 2
+        assert max(status["checked_out"] for status in seen) == 2 + 3
+        assert max(status["overflow"] for status in seen) == 3
         assert max(status["waiting"] for status in seen) > 0
-        assert database.connections_opened <= 2
+        assert database.connections_opened == 2 + 3
+
+
+async def test_overflow_connections_are_reused_while_load_swings_then_close_when_idle(
+    database_url: str,
+) -> None:
+    """SQLAlchemy would close each overflow connection on return, and open it again."""
+    settings = make_settings(
+        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=0.5
+    )
+    async with serve(settings) as (app, client):
+        database: Database = app.state.database
+        add_holding_route(app, seconds=0.05)
+        for _ in range(4):  # a burst, a lull, a burst...
+            assert {r.status_code for r in await asyncio.gather(
+                *(client.get("/hold") for _ in range(3)))} == {200}  # fmt: skip
+            assert (await client.get("/items")).status_code == 200
+
+        assert database.connections_opened == 3
+        assert database.pool_status()["overflow"] == 2  # idle, open, checked in
+        assert database.pool_status()["checked_in"] == 3
+        await asyncio.sleep(0.8)
+
+        assert database.pool_status() | {"waiting": 0} == {
+            "size": 1, "checked_out": 0, "checked_in": 1, "overflow": 0,
+            "max_overflow": 2, "waiting": 0,
+        }  # fmt: skip
+        assert database.connections_closed == 2
+
+
+async def test_overflow_idle_timeout_zero_closes_overflow_on_return_as_sqlalchemy_does(
+    database_url: str,
+) -> None:
+    settings = make_settings(
+        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=0
+    )
+    async with serve(settings) as (app, client):
+        database: Database = app.state.database
+        add_holding_route(app, seconds=0.05)
+        await asyncio.gather(*(client.get("/hold") for _ in range(3)))
+
         assert database.pool_status()["overflow"] == 0
+        assert database.connections_closed == 2
 
 
 async def test_pre_ping_tests_only_connections_that_sat_idle(

@@ -6,6 +6,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from {{ cookiecutter.package_name }}.database import DatabaseDep
+
 from .support import make_settings, requires_postgres, serve, uvicorn_server
 
 pytestmark = pytest.mark.anyio
@@ -66,6 +68,29 @@ async def test_workers_together_stay_within_workers_times_pool_capacity(database
     assert len(statuses) > 100
     # Each worker has its own pool; together they never pass their sum.
     assert 1 <= peak <= WORKERS * (POOL_SIZE + MAX_OVERFLOW), server.output
+
+
+@requires_postgres
+async def test_slow_queries_open_overflow_connections_and_never_more_than_the_sum(
+    database_url: str,
+) -> None:
+    """A burst of 50 ms queries gets the overflow it was given, on the server too."""
+    settings = make_settings(database_url, pool_size=2, max_overflow=3, pool_timeout=10)
+    async with serve(settings) as (app, client):
+
+        @app.get("/slow")
+        async def slow(database: DatabaseDep) -> None:
+            async with database.read_connection() as connection:
+                await connection.execute(text("SELECT pg_sleep(0.05)"))
+
+        done = asyncio.Event()
+        sampler = asyncio.create_task(peak_app_connections(database_url, done))
+        responses = await asyncio.gather(*(client.get("/slow") for _ in range(40)))
+        done.set()
+        peak = await sampler
+
+    assert {response.status_code for response in responses} == {200}
+    assert 2 < peak <= 2 + 3
 
 
 async def test_null_pool_opens_a_connection_per_request(database_url: str) -> None:
