@@ -31,7 +31,8 @@ class Level:
     errors: Counter[str] = field(default_factory=Counter)
     peak_checked_out: int = 0
     peak_waiting: int = 0
-    pool_size: int = 0
+    # Connections requests may hold at once: pool_size + max_overflow; 0 = unknown or no limit.
+    pool_capacity: int = 0
 
     @property
     def requests_per_second(self) -> float:
@@ -44,7 +45,7 @@ class Level:
 
     @property
     def pool_saturated(self) -> bool:
-        return self.peak_waiting > 0 and self.peak_checked_out >= self.pool_size > 0
+        return self.peak_waiting > 0 and self.peak_checked_out >= self.pool_capacity > 0
 
 
 def main() -> int:
@@ -126,7 +127,8 @@ async def sample_pool(client: httpx.AsyncClient, level: Level) -> None:
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             pass
         else:
-            level.pool_size = pool["size"]
+            unlimited = pool["max_overflow"] < 0
+            level.pool_capacity = 0 if unlimited else pool["size"] + pool["max_overflow"]
             level.peak_checked_out = max(level.peak_checked_out, pool["checked_out"])
             level.peak_waiting = max(level.peak_waiting, pool["waiting"])
         await asyncio.sleep(POOL_SAMPLE_SECONDS)
@@ -139,7 +141,9 @@ def render(levels: list[Level], path: str) -> str:
         f"  {'pool in use (peak)':>18} {'waiting (peak)':>14}",
     ]
     for level in levels:
-        in_use = f"{level.peak_checked_out} of {level.pool_size}" if level.pool_size else "-"
+        in_use = str(level.peak_checked_out)
+        if level.pool_capacity:
+            in_use += f" of {level.pool_capacity}"
         lines.append(
             f"{level.clients:>7} {level.requests_per_second:>9.0f} {level.percentile_ms(50):>8.1f}"
             f" {level.percentile_ms(99):>8.1f} {sum(level.errors.values()):>7}"
@@ -159,8 +163,9 @@ def reading(levels: list[Level]) -> str:
         if level.pool_saturated:
             return (
                 f"pool saturated at {level.clients} clients ({level.peak_checked_out} of "
-                f"{level.pool_size} connections in use, up to {level.peak_waiting} requests "
-                "waiting): raise pool_size if the database has room, or add workers"
+                f"{level.pool_capacity} connections in use, up to {level.peak_waiting} requests "
+                "waiting): raise pool_size or max_overflow if the database has room, or add"
+                " workers"
             )
     for previous, level in itertools.pairwise(levels):
         if level.requests_per_second < 1.1 * previous.requests_per_second:

@@ -105,7 +105,7 @@ def test_reading_names_the_first_limit(levels: list[tuple], expected: str) -> No
     for clients, requests, errors, peak_checked_out, peak_waiting in levels:
         level = loadtest.Level(clients, seconds=1.0, latencies=[0.01] * requests)
         level.errors = Counter(errors)
-        level.pool_size = 5
+        level.pool_capacity = 5
         level.peak_checked_out, level.peak_waiting = peak_checked_out, peak_waiting
         built.append(level)
 
