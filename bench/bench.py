@@ -23,8 +23,12 @@ through four workloads:
 Every case runs at each number of clients, the cases taking turns, ``--repeats`` times; the
 report shows the medians and how far the runs spread, new server connections per request,
 the most server connections each app held (pg_stat_activity, polled while wrk runs) and
-the server's CPU time per request. Loopback only; every server is stopped at the end.
-Run it as ``bench/run`` (which installs what it needs); ``--help`` lists the knobs.
+the server's CPU time per request, checks the targets (``--check``: exit 1 on a miss) and
+draws a plot per workload. Loopback only; every server is stopped at the end.
+
+Run it as ``bench/run`` (which installs what it needs); ``--help`` lists the knobs. The
+default run (1 worker) takes about 20 minutes on 2 cores; ``--workers 1,2`` adds as much
+again for 2 workers; ``--workloads slow-read --repeats 1`` is a quick look at one workload.
 """
 
 import argparse
@@ -44,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +71,10 @@ RESULTS_END = "<!-- bench:end -->"
 
 # How often pg_stat_activity is read while wrk runs, for each app's peak of connections.
 POLL_SECONDS = 0.025
+# Unmeasured load before each measured run (but bursty ones), at the same number of clients:
+# caches warm and pools grown to the load, so that the run measures a steady load, though
+# the cases take turns and spare connections close in between.
+LEAD_IN_SECONDS = 1
 # The bursty workload: many clients, then few, this many times over.
 BURST_CLIENTS = (64, 4)
 BURST_CYCLES = 5
@@ -258,7 +266,7 @@ def main() -> int:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=8, help="seconds per run (8)")
+    parser.add_argument("--duration", type=int, default=7, help="seconds per run (7)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per point (3)")
     parser.add_argument(
         "--workloads",
@@ -272,7 +280,7 @@ def parse_arguments() -> argparse.Namespace:
         "--slow-connections", default="15,64", help="wrk connections for the slow read (15,64)"
     )
     parser.add_argument(
-        "--write-connections", default="1,16,64", help="wrk connections for writes (1,16,64)"
+        "--write-connections", default="16,64", help="wrk connections for writes (16,64)"
     )
     parser.add_argument(
         "--workers", default="1", help="uvicorn worker counts, e.g. 1,2 (1; targets: 1)"
@@ -425,12 +433,12 @@ def clients_of(workload: str, options: argparse.Namespace) -> list[int]:
 def phases(workload: str, clients: int, duration: int) -> list[tuple[int, int]]:
     """(clients, seconds) of each wrk run that makes one measured run.
 
-    Bursty: up to BURST_CYCLES turns of many clients then few, each for a quarter of
-    ``duration`` (at least 1 s), so it lasts about twice ``duration``.
+    Bursty: up to BURST_CYCLES turns of many clients then few, each for about a quarter of
+    ``duration`` (at least 1 s), so it lasts two to three times ``duration``.
     """
     if workload != "bursty":
         return [(clients, duration)]
-    seconds = max(1, duration // 4)
+    seconds = max(1, round(duration / 4))
     many, few = BURST_CLIENTS
     return [(many, seconds), (few, seconds)] * min(BURST_CYCLES, duration)
 
@@ -459,24 +467,20 @@ def measure(
             for name, spec in specs.items()
         }
         seed(urls["pooled"])
-        warmed = set()
-        for workload in workloads:  # caches, prepared statements, the pools
-            for case, path in workload.paths.items():
-                url = urls[CASE_SERVERS[case]] + path
-                if (url, workload.script) not in warmed:
-                    warmed.add((url, workload.script))
-                    wrk(url, 16, min(2, options.duration), workload.script)
         for repeat in range(options.repeats):
             for workload in workloads:
                 for clients in clients_of(workload.name, options):
                     for case, path in workload.paths.items():
                         server = CASE_SERVERS[case]
+                        if case == "nullpool":
+                            asyncio.run(wait_for_room(clients))
                         run_ = asyncio.run(
                             measured_run(
                                 urls[server] + path,
                                 specs[server],
                                 phases(workload.name, clients, options.duration),
                                 workload.script,
+                                lead_in=workload.name != "bursty",
                             )
                         )
                         points[workload.name, case, clients].runs.append(run_)
@@ -507,7 +511,7 @@ def serve(name: str, spec: Server, python: Path, workers: int, log_dir: Path) ->
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(base + spec.ready_path, server)
+        wait_until_ready(base + spec.ready_path, server, Path(log.name))
         yield base
     finally:
         server.send_signal(signal.SIGTERM)
@@ -519,16 +523,45 @@ def serve(name: str, spec: Server, python: Path, workers: int, log_dir: Path) ->
         log.close()
 
 
-def wait_until_ready(url: str, server: subprocess.Popen[bytes]) -> None:
+def wait_until_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"server for {url} exited with {server.returncode}: see its log")
+            raise SystemExit(f"server for {url} exited with {server.returncode}: see {log}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         time.sleep(0.2)
-    raise SystemExit(f"server for {url} did not become ready in 30 s")
+    raise SystemExit(f"server for {url} did not become ready in 30 s: see {log}")
+
+
+async def wait_for_room(connections: int) -> None:
+    """Wait, up to 30 s, until the server has room for ``connections`` more connections.
+
+    NullPool opens a connection for each request in flight, up to one per client, next to
+    those that the other apps keep at rest. Their spare connections close after some
+    seconds unused (the raw pool's above pool_size, and the baked pool's overflow if it
+    lets them linger); with 2 workers at 64 clients, max_connections = 100 needs them gone.
+    NullPool logs in as a role without superuser's reserved connections.
+    """
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        room = await admin.fetchval(
+            "SELECT current_setting('max_connections')::int"
+            " - current_setting('superuser_reserved_connections')::int"
+        )
+        started = time.monotonic()
+        while time.monotonic() < started + 30:
+            used = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            )
+            if used + connections <= room:
+                break
+            await asyncio.sleep(0.5)
+        if (waited := time.monotonic() - started) >= 0.5:
+            print(f"   waited {waited:.1f} s for room for {connections} connections", flush=True)
+    finally:
+        await admin.close()
 
 
 def seed(base_url: str) -> None:
@@ -546,18 +579,21 @@ def seed(base_url: str) -> None:
 
 
 async def measured_run(
-    url: str, server: Server, wrk_runs: list[tuple[int, int]], script: Path | None
+    url: str, server: Server, wrk_runs: list[tuple[int, int]], script: Path | None, lead_in: bool
 ) -> Run:
     """wrk against ``url`` for each (clients, seconds) in turn, as one run.
 
     Around it: the server connections opened to the benchmark database meanwhile (by any
     app, but only this one has work), the CPU time of the server's processes, and the most
-    connections ``server`` held, from a connection to another database.
+    connections ``server`` held, from a connection to another database. ``lead_in``: first
+    LEAD_IN_SECONDS of the first wrk run's load, unmeasured.
     """
     port = int(url.split(":")[2].split("/")[0])
     pids = server_pids(port)
     admin = await asyncpg.connect(ADMIN_DSN)
     try:
+        if lead_in:
+            await watched_wrk(admin, server, url, wrk_runs[0][0], LEAD_IN_SECONDS, script)
         sessions_before = await server_sessions(admin)
         cpu_before = cpu_seconds(pids)
         runs, peak = [], 0
@@ -599,11 +635,11 @@ async def watched_wrk(
     stdout, stderr = finished.result()
     if process.returncode != 0:
         raise SystemExit(f"wrk failed against {url}:\n{stdout.decode()}{stderr.decode()}")
-    return stdout.decode(), peak
-
-
-def wrk(url: str, connections: int, duration: int, script: Path | None = None) -> str:
-    return run(wrk_command(url, connections, duration, script), capture=True)
+    output = stdout.decode()
+    for line in output.splitlines():  # which errors, for the console: the report counts them
+        if line.lstrip().startswith(("Socket errors", "Non-2xx")):
+            print(f"   {clients} clients: {line.strip()}", flush=True)
+    return output, peak
 
 
 def wrk_command(url: str, connections: int, duration: int, script: Path | None) -> list[str]:
@@ -787,7 +823,9 @@ def targets(results: dict[int, dict[Key, Point]], settings: dict[str, object]) -
     return checks
 
 
-def worst(points: dict[Key, Point], figure) -> tuple[Key | None, float | None]:
+def worst(
+    points: dict[Key, Point], figure: Callable[[Point], float]
+) -> tuple[Key | None, float | None]:
     """The point with the highest ``figure``, and that figure; (None, None) if none."""
     if not points:
         return None, None
@@ -861,8 +899,7 @@ def render_report(
     """The section of RESULTS.md between the markers."""
     pool_size, max_overflow = int(settings["pool_size"]), int(settings["max_overflow"])
     limit = pool_size + max_overflow
-    burst_seconds = max(1, options.duration // 4)
-    burst_cycles = min(BURST_CYCLES, options.duration)
+    burst = phases("bursty", BURST_CLIENTS[0], options.duration)
 
     def listed(numbers: list[int]) -> str:
         return ",".join(map(str, numbers))
@@ -884,15 +921,20 @@ def render_report(
         f"{str(settings['pool_pre_ping']).lower()}. The tutorial's engine has the same "
         f"pool_size and max_overflow, the raw asyncpg pool {pool_size} to {limit} connections: "
         f"each app may hold {limit} server connections per worker. Medians of "
-        f"{options.repeats} run(s) of {options.duration} s, the cases taking turns; *spread* "
-        "is (max - min) / median of req/s over the runs; *new conns/req* is the rise of "
-        "`pg_stat_database.sessions` over the run per request; *peak conns* the most "
-        f"connections of the app in `pg_stat_activity`, read every {POLL_SECONDS * 1000:.0f} "
-        "ms, over all runs (bold: above the limit); *CPU ms/req* the uvicorn processes' CPU "
-        "time per request. *raw floor* is the faster of raw plain (dicts, no return type) and "
-        f"raw typed (`-> list[ItemOut]`) at each point. A bursty run is {burst_cycles} turns "
-        f"of {BURST_CLIENTS[0]} clients for {burst_seconds} s then {BURST_CLIENTS[1]} for "
-        f"{burst_seconds} s; its req/s is its requests over its whole time.",
+        f"{options.repeats} run(s) of {options.duration} s, the cases taking turns; each run "
+        f"but bursty ones follows {LEAD_IN_SECONDS} s of the same load, unmeasured.",
+        "",
+        "- *spread*: (max - min) / median of req/s over the runs.",
+        "- *new conns/req*: the rise of `pg_stat_database.sessions` over a run, per request.",
+        "- *peak conns*: the most connections of the case's server in `pg_stat_activity`, "
+        f"read every {POLL_SECONDS * 1000:.0f} ms, over all runs; bold if above the limit. "
+        "ping is answered by the raw app's server: its figure is raw's pool at rest.",
+        "- *CPU ms/req*: CPU time of the uvicorn processes per request.",
+        "- *raw floor*: the faster of raw plain (dicts, no return type) and raw typed "
+        "(`-> list[ItemOut]`) at each point.",
+        f"- *bursty*: a run is {len(burst) // 2} turns of {burst[0][0]} clients for "
+        f"{burst[0][1]} s, then {burst[1][0]} for {burst[1][1]} s; its req/s is its "
+        "requests over its whole time, its latencies are not merged.",
     ]
     checks = targets(results, settings)
     if checks:
@@ -905,8 +947,9 @@ def render_report(
         lines += ["", f"### {workers} uvicorn worker(s)"]
         for workload in (WORKLOADS[name] for name in options.workloads):
             lines += ["", f"#### {workload.name.replace('-', ' ')}: {workload.request}", ""]
-            lines += workload_table(workload, points, limit * workers, options)
-            lines += ratio_table(workload, points, clients_of(workload.name, options))
+            clients = clients_of(workload.name, options)
+            lines += workload_table(workload, points, limit * workers, clients)
+            lines += ratio_table(workload, points, clients)
     if plots:
         lines += ["", "### Plots", ""]
         for path in plots:
@@ -916,20 +959,18 @@ def render_report(
 
 
 def workload_table(
-    workload: Workload, points: dict[Key, Point], limit: int, options: argparse.Namespace
+    workload: Workload, points: dict[Key, Point], limit: int, clients: list[int]
 ) -> list[str]:
+    """A row per case and number of clients; ``limit``: the connections all workers may hold."""
     lines = [
         "| case | clients | req/s | spread | p50 ms | p99 ms | p99/p50 | errors "
         "| new conns/req | peak conns | CPU ms/req |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in workload.paths:
-        for clients in clients_of(workload.name, options):
-            p = points[workload.name, case, clients]
-            if workload.name == "bursty":
-                shown_clients = f"{clients} ↔ {BURST_CLIENTS[1]}"
-            else:
-                shown_clients = str(clients)
+        for count in clients:
+            p = points[workload.name, case, count]
+            shown_clients = f"{count} ↔ {BURST_CLIENTS[1]}" if workload.name == "bursty" else count
             p50, p99 = p.median("p50_ms"), p.median("p99_ms")
             peak = str(p.peak_connections)
             if p.peak_connections > limit and case != "nullpool":
