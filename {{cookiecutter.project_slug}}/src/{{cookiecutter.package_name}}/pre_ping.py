@@ -93,7 +93,7 @@ def retry_read_on_fresh_connection(
     parameters: Any = None,
     context: ExecutionContext | None = None,
 ) -> bool:
-    """``do_execute`` hook: run a read, and once more on a new connection if its was gone.
+    """``do_execute`` hook: run a read; if its connection was gone, once more on a new one.
 
     Returns True (executed) for SQLAlchemy's dialect events; transactions are left to
     SQLAlchemy (False), since running their statements again would lose those before.
