@@ -5,9 +5,9 @@ pool never holds more than the two together, exactly as SQLAlchemy's documentati
 One detail differs. SQLAlchemy's ``QueuePool`` closes an overflow connection the moment it
 is returned while ``pool_size`` others sit idle; when the number of requests in flight
 swings around ``pool_size``, as it does under any steady load above it, that is a new
-server connection every few requests (measured: 0.198 per request at 16 clients, pool
-5 + 10, see bench/RESULTS.md). This pool keeps such a connection open and idle for
-``overflow_idle_timeout`` seconds instead, hands it out before opening a new one, and
+server connection every few requests (measured: 0.18-0.20 per request at 16 clients, pool
+5 + 10; the template's bench/RESULTS.md). This pool keeps such a connection open and idle
+for ``overflow_idle_timeout`` seconds instead, hands it out before opening a new one, and
 closes it once it has sat unused that long: what asyncpg's
 ``max_inactive_connection_lifetime`` and HikariCP's ``idleTimeout`` do.
 """

@@ -2,7 +2,7 @@
 
 SQLAlchemy's own ``pool_pre_ping`` sends a ping at every checkout; with asyncpg that is
 three round trips (BEGIN, the ping, ROLLBACK), and it halved the app's reads per second
-(bench/RESULTS.md). The same promise, kept for less:
+(the template's bench/RESULTS.md). The same promise, kept for less:
 
 1. At checkout, for free: a connection that the driver already knows is closed is
    replaced. A server restart, a failover, ``pg_terminate_backend`` and a proxy reaping
