@@ -62,9 +62,9 @@ async def test_pool_settings_come_from_environment_variables(
 
     database = Database(settings, Base.metadata)
     try:
-        # POOL_PRE_PING is the app's own idle check, hooked on the pool's checkins.
+        # POOL_PRE_PING is the app's own checks, hooked on the engine the pool was made by.
         hooked = event.contains(
-            database.engine.sync_engine, "checkin", pre_ping.remember_when_returned
+            database.read_engine.sync_engine, "checkin", pre_ping.remember_when_returned
         )
         assert hooked is pre_ping_on
         assert database.engine.pool._recycle == recycle
@@ -324,7 +324,7 @@ async def test_overflow_connections_are_reused_while_load_swings_then_close_when
 ) -> None:
     """SQLAlchemy would close each overflow connection on return, and open it again."""
     settings = make_settings(
-        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=0.5
+        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=2
     )
     async with serve(settings) as (app, client):
         database: Database = app.state.database
@@ -337,13 +337,28 @@ async def test_overflow_connections_are_reused_while_load_swings_then_close_when
         assert database.connections_opened == 3
         assert database.pool_status()["overflow"] == 2  # idle, open, checked in
         assert database.pool_status()["checked_in"] == 3
-        await asyncio.sleep(0.8)
+        for _ in range(100):  # the timeout, then the close, on a busy machine: up to 10 s
+            if not database.pool_status()["overflow"]:
+                break
+            await asyncio.sleep(0.1)
 
         assert database.pool_status() | {"waiting": 0} == {
             "size": 1, "checked_out": 0, "checked_in": 1, "overflow": 0,
             "max_overflow": 2, "waiting": 0,
         }  # fmt: skip
         assert database.connections_closed == 2
+
+
+async def test_dispose_closes_idle_overflow_connections_too(database_url: str) -> None:
+    settings = make_settings(database_url, pool_size=1, max_overflow=2)
+    async with serve(settings) as (app, client):
+        database: Database = app.state.database
+        add_holding_route(app, seconds=0.05)
+        await asyncio.gather(*(client.get("/hold") for _ in range(3)))
+        assert database.pool_status()["overflow"] == 2  # lingering, for 10 s
+
+    assert database.connections_opened == 3
+    assert database.connections_closed == 3
 
 
 async def test_overflow_idle_timeout_zero_closes_overflow_on_return_as_sqlalchemy_does(

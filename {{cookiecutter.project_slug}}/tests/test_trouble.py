@@ -9,9 +9,9 @@ import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
 from fastapi.responses import StreamingResponse
 from httpx import AsyncClient
-from sqlalchemy import MetaData, func, select, text
+from sqlalchemy import MetaData, func, insert, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -383,9 +383,10 @@ async def test_with_pre_ping_connections_dropped_right_after_a_burst_cost_no_req
 ) -> None:
     """Connections used a moment ago, then dropped: reads and writes all still succeed.
 
-    "goodbye-not-read-yet" hides from the app that the driver saw the server close each
-    connection, as when a request takes one in the instant before the news arrives: reads
-    must then be run again on a new connection, and writes find out by their ping.
+    "goodbye-not-read-yet" makes the checkout check blind to the driver's closed flag, as
+    when a request takes a connection in the instant before the server's goodbye is read:
+    each dead connection then fails its first statement, so reads must be run again on a
+    new connection, and writes must find out by their ping.
     """
     if not goodbye_read:
         monkeypatch.setattr(pre_ping, "driver_says_closed", lambda _: False)
@@ -405,6 +406,25 @@ async def test_with_pre_ping_connections_dropped_right_after_a_burst_cost_no_req
 
     assert [r.status_code for r in responses] == [201] * 4 + [200] * 6 + [404] * 2
     assert one_by_one == [200] * 6
+
+
+@requires_postgres
+async def test_with_pre_ping_a_write_on_a_dropped_connection_is_never_run_twice(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only reads are run again: a write might have been stored before the drop."""
+    monkeypatch.setattr(pre_ping, "driver_says_closed", lambda _: False)
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    async with serve(settings) as (app, client):
+        database: Database = app.state.database
+        assert (await client.get("/items")).status_code == 200
+        assert await terminate_app_connections(database_url) == 1
+
+        with pytest.raises(DBAPIError) as raised:
+            async with database.read_connection() as connection:
+                await connection.execute(insert(Item).values(name="autocommit write"))
+        assert raised.value.connection_invalidated
+        assert (await client.get("/items")).json() == []  # the pool healed, nothing stored
 
 
 @requires_postgres

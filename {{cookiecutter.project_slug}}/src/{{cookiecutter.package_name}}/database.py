@@ -54,7 +54,8 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
     """The pool for ``url``, configured from the settings.
 
     SQLAlchemy chooses the pool class from the URL (``Dialect.get_pool_class``): asyncpg
-    and file SQLite databases get ``AsyncAdaptedQueuePool``, and every setting applies.
+    and file SQLite databases get a queue pool, ``LingeringOverflowPool`` (see pool.py),
+    and every setting applies.
 
     In-memory SQLite is the exception: each new connection would open a new, empty
     database. SQLAlchemy's choice for it, ``StaticPool``, hands its one connection to all
@@ -166,7 +167,9 @@ class Database:
             **pool_options(self.url, settings),
         )
         self.engine = self.read_engine.execution_options()
-        if settings.pool_pre_ping and isinstance(self.engine.pool, QueuePool):
+        # An in-memory SQLite database has no server to drop it, and its one connection is
+        # the database: never replaced.
+        if settings.pool_pre_ping and isinstance(self.engine.pool, LingeringOverflowPool):
             pre_ping.install(self.read_engine.sync_engine, self.engine.sync_engine)
         # After pre_ping's hook, so that its ping runs before the switch to a transaction.
         self.engine.update_execution_options(

@@ -47,7 +47,8 @@ class LingeringOverflowPool(AsyncAdaptedQueuePool):
         self._closing: set[asyncio.Task[None]] = set()
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        if self.overflow_idle_timeout <= 0 or not self._pool.full():
+        invalidated = record.dbapi_connection is None  # nothing open to keep
+        if self.overflow_idle_timeout <= 0 or invalidated or not self._pool.full():
             super()._do_return_conn(record)
             return
         try:
@@ -75,12 +76,17 @@ class LingeringOverflowPool(AsyncAdaptedQueuePool):
 
     def _close_idle(self) -> None:
         expired = time.monotonic() - self.overflow_idle_timeout
-        while self._idle_overflow and self._idle_overflow[0][1] <= expired:
-            record, _ = self._idle_overflow.popleft()
-            try:
-                record.close()  # SQLAlchemy logs a connection that fails to close
-            finally:
-                self._dec_overflow()
+        try:
+            while self._idle_overflow and self._idle_overflow[0][1] <= expired:
+                record, _ = self._idle_overflow.popleft()
+                try:
+                    record.close()  # SQLAlchemy logs a connection that fails to close
+                finally:
+                    self._dec_overflow()
+        finally:
+            self._close_later_if_any_left()
+
+    def _close_later_if_any_left(self) -> None:
         if self._idle_overflow and self._closer is None:
             oldest_returned = self._idle_overflow[0][1]
             delay = max(oldest_returned + self.overflow_idle_timeout - time.monotonic(), 0)

@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 # Connections idle at least this long are pinged at checkout.
 PING_AFTER_IDLE_SECONDS = 1.0
+# Keys in the pool entry's info, which lasts as long as its DBAPI connection.
 RETURNED_AT = "returned_at"
+VERIFIED = "verified"  # new, or pinged, at this checkout: no second ping needed
 
 
 def install(read_engine: Engine, transaction_engine: Engine) -> None:
@@ -56,6 +58,7 @@ def install(read_engine: Engine, transaction_engine: Engine) -> None:
 
 def remember_when_returned(_: object, connection_record: ConnectionPoolEntry) -> None:
     connection_record.info[RETURNED_AT] = time.monotonic()
+    connection_record.info.pop(VERIFIED, None)
 
 
 def check_on_checkout(
@@ -69,13 +72,17 @@ def check_on_checkout(
     if driver_says_closed(dbapi_connection):
         raise DisconnectionError("the server closed this pooled connection")
     returned_at = connection_record.info.get(RETURNED_AT)
-    if returned_at is None or time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
-        return  # new, or in use a moment ago
+    if returned_at is None:  # opened just now
+        connection_record.info[VERIFIED] = True
+        return
+    if time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+        return  # in use a moment ago
     try:
         dialect.do_ping(dbapi_connection)
     except Exception as error:
         # As SQLAlchemy's pre-ping does: connections opened before this one go too.
         raise InvalidatePoolError(f"idle connection failed its ping: {error!r}") from error
+    connection_record.info[VERIFIED] = True
 
 
 def driver_says_closed(dbapi_connection: DBAPIConnection) -> bool:
@@ -95,14 +102,19 @@ def retry_read_on_fresh_connection(
 ) -> bool:
     """``do_execute`` hook: run a read; if its connection was gone, once more on a new one.
 
-    Returns True (executed) for SQLAlchemy's dialect events; transactions are left to
-    SQLAlchemy (False), since running their statements again would lose those before.
+    Returns True (executed) for SQLAlchemy's dialect events, or False to leave the
+    statement to SQLAlchemy: statements in a transaction (running them again would lose
+    those before them) and INSERT, UPDATE and DELETE (one that the server ran before the
+    connection dropped would run twice). The pool's own connections are in autocommit
+    mode; the transaction engine sets ``isolation_level`` in its execution options.
     """
     if context is None:  # do_execute_no_params passes the context third
         context, parameters = parameters, None
-    connection = context.root_connection
+    if context.isinsert or context.isupdate or context.isdelete:
+        return False
     if context.execution_options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
         return False
+    connection = context.root_connection
     dialect = context.dialect
     try:
         _execute(dialect, cursor, statement, parameters, context)
@@ -134,16 +146,24 @@ def _execute(
 def ping_before_transaction(connection: Connection) -> None:
     """``engine_connect`` hook: the connection answers before a transaction begins on it.
 
-    A dead one is invalidated; the connection then takes another from the pool (through
-    the checkout check) when first used, and that one is pinged as well.
+    Skipped for a connection that was opened or pinged at this checkout. A dead one, or one
+    whose ping times out, is discarded; the ``Connection`` then takes another from the pool
+    (through the checkout check), which is pinged in turn.
     """
+    dialect = connection.dialect
     for _ in range(3):
-        dbapi_connection = connection.connection.dbapi_connection
-        try:
-            connection.dialect.do_ping(dbapi_connection)
+        pool_entry = connection.connection
+        if pool_entry.info.get(VERIFIED):
             return
-        except connection.dialect.loaded_dbapi.Error as error:
-            if not connection.dialect.is_disconnect(error, dbapi_connection, None):
+        try:
+            dialect.do_ping(pool_entry.dbapi_connection)
+            return
+        except Exception as error:
+            gone = not isinstance(error, dialect.loaded_dbapi.Error) or dialect.is_disconnect(
+                error, pool_entry.dbapi_connection, None
+            )  # asyncpg raises a timeout as the builtin TimeoutError
+            if not gone:
+                connection.invalidate(error)  # back to the pool, not left checked out
                 raise
             discard_connection_and_older(connection, error)
 
@@ -154,6 +174,7 @@ def discard_connection_and_older(connection: Connection, error: BaseException) -
     one most likely dropped them all). The ``Connection`` takes a new one when next used.
     """
     pool = connection.engine.pool
-    pool_entry = connection.connection
+    # SQLAlchemy's own call and order (Connection._handle_dbapi_exception): the pool first,
+    # while the entry still knows when its connection was opened.
+    pool._invalidate(connection.connection, error, _checkin=False)
     connection.invalidate(error)
-    pool._invalidate(pool_entry, error, _checkin=False)  # SQLAlchemy's own call for this

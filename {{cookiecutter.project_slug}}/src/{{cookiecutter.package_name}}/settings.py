@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     # Seconds after which a connection is replaced at its next checkout; -1 = never.
     pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1, le=MAX_NUMBER)
     # Never hand a request a connection the server has dropped (restart, failover, idle
-    # reaping): checked at checkout, pinged after a second idle, reads retried once.
+    # reaping): checked at checkout, pinged after a second idle and before a transaction,
+    # reads retried once on a new connection (see pre_ping.py).
     pool_pre_ping: bool = {{ cookiecutter.pool_pre_ping | python_bool }}
     # Worker processes serving the app (uvicorn --workers), each with its own pool: the
     # startup check against the server's max_connections counts this many pools.
