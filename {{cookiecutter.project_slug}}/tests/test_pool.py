@@ -324,7 +324,7 @@ async def test_overflow_connections_are_reused_while_load_swings_then_close_when
 ) -> None:
     """SQLAlchemy would close each overflow connection on return, and open it again."""
     settings = make_settings(
-        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=2
+        database_url, pool_size=1, max_overflow=2, pool_overflow_idle_timeout=1
     )
     async with serve(settings) as (app, client):
         database: Database = app.state.database

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.anyio
 
 CLIENTS = 50
 # Bounded by count, not by time: how much work fits in a second is the machine's business.
-REQUESTS_PER_CLIENT = int(os.environ.get("SOAK_REQUESTS_PER_CLIENT", "40"))
+REQUESTS_PER_CLIENT = int(os.environ.get("SOAK_REQUESTS_PER_CLIENT", "25"))
 
 
 async def client_loop(client: AsyncClient, seed: int) -> tuple[list, list]:
