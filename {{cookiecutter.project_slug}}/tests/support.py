@@ -15,8 +15,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.database import SessionDep
+from {{ cookiecutter.package_name }}.models import Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -44,6 +47,16 @@ async def serve(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]
         transport = ASGITransport(app=app, raise_app_exceptions=False)
         async with AsyncClient(transport=transport, base_url="http://test") as client:
             yield app, client
+
+
+def add_holding_route(app: FastAPI, seconds: float) -> None:
+    """GET /hold: a query, then the session kept for ``seconds``; answers the pool's numbers."""
+
+    @app.get("/hold")
+    async def hold(session: SessionDep) -> dict[str, int]:
+        await session.execute(select(Item).limit(1))
+        await asyncio.sleep(seconds)
+        return app.state.database.pool_status()
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from {{ cookiecutter.package_name }}.database import Database, SessionDep, conne
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .support import make_settings, requires_postgres, serve
+from .support import add_holding_route, make_settings, requires_postgres, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -289,16 +289,6 @@ async def test_sessions_write_in_a_transaction_and_reads_run_without_one(
             raw = await connection.get_raw_connection()
             assert not driver_in_transaction(raw.driver_connection)
         assert database.connections_opened == 1
-
-
-def add_holding_route(app: FastAPI, seconds: float) -> None:
-    """GET /hold: a query, then the session kept for ``seconds``; answers the pool's numbers."""
-
-    @app.get("/hold")
-    async def hold(session: SessionDep) -> dict[str, int]:
-        await session.execute(select(Item).limit(1))
-        await asyncio.sleep(seconds)
-        return app.state.database.pool_status()
 
 
 async def test_a_burst_uses_the_overflow_and_queues_beyond_pool_size_plus_max_overflow(

@@ -19,17 +19,15 @@ from {{ cookiecutter.package_name }} import pre_ping
 from {{ cookiecutter.package_name }}.database import Database, SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
-from .support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
+from .support import (
+    TEST_DATABASE_URL,
+    add_holding_route,
+    make_settings,
+    requires_postgres,
+    serve,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-def add_holding_route(app: FastAPI, seconds: float) -> None:
-    @app.get("/hold")
-    async def hold(session: SessionDep) -> dict[str, bool]:
-        await session.execute(select(Item).limit(1))
-        await asyncio.sleep(seconds)
-        return {"held": True}
 
 
 async def count_items(app: FastAPI) -> int:
