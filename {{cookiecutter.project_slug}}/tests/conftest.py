@@ -1,7 +1,16 @@
-"""Fixtures: each test gets an app on a clean database.
+"""Fixtures: the app on a test database, each test's writes rolled back when it ends.
 
-The database is a temporary SQLite file, or, when ``TEST_DATABASE_URL`` names a PostgreSQL
-server, a database created on that server for this test run and dropped at its end.
+``client`` talks to the app in-process. Every request of a test runs in one database
+transaction that is rolled back afterwards (SQLAlchemy's "Joining a Session into an
+External Transaction" recipe), so no test sees another's rows and nothing is left behind.
+
+The test database is a temporary SQLite file or, when ``TEST_DATABASE_URL`` names one, a
+PostgreSQL database; its tables are brought up to date once per run. Its role needs no
+more than to use that database: no CREATEDB. Tests that need an empty database of their
+own (``database_url``) create one, and skip with the reason where the role may not.
+
+``pytest`` runs the tests of your code; ``pytest --slow`` adds the tests marked slow, of
+the pool machinery in tests/pool/.
 """
 
 import asyncio
@@ -13,12 +22,38 @@ import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlalchemy import event, make_url, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool
 
+from {{ cookiecutter.package_name }}.database import Database
+from {{ cookiecutter.package_name }}.dependencies import get_read_session, get_session
+from {{ cookiecutter.package_name }}.models import Base
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .support import TEST_DATABASE_URL, USE_POSTGRES, make_settings, serve
+
+# PostgreSQL's SQLSTATE for "permission denied".
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the tests marked slow: the pool machinery's, in tests/pool/",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the slow tests unless ``--slow`` (or a ``-m`` expression) asks for them."""
+    if config.getoption("--slow") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture
@@ -45,6 +80,96 @@ def no_connection_left_checked_out() -> Iterator[None]:
     assert not checked_out, f"{len(checked_out)} connection(s) left checked out: a leak"
 
 
+async def create_tables(url: str) -> None:
+    """The app's own schema step: the migrations, or the models' tables."""
+    database = Database(make_settings(url), Base.metadata)
+    try:
+        await database.check()
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def test_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The database the tests share, its tables up to date; rows never outlive a test."""
+    if USE_POSTGRES:
+        url = TEST_DATABASE_URL
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('database') / 'test.db'}"
+    asyncio.run(create_tables(url))
+    return url
+
+
+def begin_sqlite_transactions_explicitly(connection: Connection) -> None:
+    """SQLAlchemy's recipe for SAVEPOINT on SQLite: the driver must not begin on its own."""
+    connection.connection.dbapi_connection.isolation_level = None
+    event.listen(connection, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+
+
+@pytest.fixture
+async def session(test_database_url: str) -> AsyncIterator[AsyncSession]:
+    """A session in a transaction that is rolled back when the test ends.
+
+    ``join_transaction_mode="create_savepoint"``: a commit in the code under test
+    releases a SAVEPOINT instead of committing, and a rollback goes back to it.
+    """
+    engine = create_async_engine(test_database_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                await connection.run_sync(begin_sqlite_transactions_explicitly)
+            transaction = await connection.begin()
+            session = AsyncSession(
+                bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+            )
+            try:
+                yield session
+            finally:
+                await session.close()
+                await transaction.rollback()
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def settings(test_database_url: str) -> Settings:
+    return make_settings(test_database_url)
+
+
+@pytest.fixture
+async def served(
+    settings: Settings, session: AsyncSession
+) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
+    """The app, with its lifespan, whose endpoints get the test's rolled-back session."""
+
+    async def session_of_the_test() -> AsyncIterator[AsyncSession]:
+        # What get_session does: commit when the endpoint returns, roll back if it raises.
+        try:
+            yield session
+        except Exception:
+            await session.rollback()
+            raise
+        await session.commit()
+
+    async def read_session_of_the_test() -> AsyncIterator[AsyncSession]:
+        yield session
+
+    async with serve(settings) as (app, client):
+        app.dependency_overrides[get_session] = session_of_the_test
+        app.dependency_overrides[get_read_session] = read_session_of_the_test
+        yield app, client
+
+
+@pytest.fixture
+def app(served: tuple[FastAPI, AsyncClient]) -> FastAPI:
+    return served[0]
+
+
+@pytest.fixture
+def client(served: tuple[FastAPI, AsyncClient]) -> AsyncClient:
+    return served[1]
+
+
 async def _run_on_server(statement: str) -> None:
     engine = create_async_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
     try:
@@ -56,12 +181,17 @@ async def _run_on_server(statement: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str | None]:
-    """A PostgreSQL database of this test run's own, so that parallel runs never meet."""
+    """A PostgreSQL database of this run's own, for tests that need an empty database."""
     if not USE_POSTGRES:
         yield None
         return
     name = f"test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_run_on_server(f'CREATE DATABASE "{name}"'))
+    try:
+        asyncio.run(_run_on_server(f'CREATE DATABASE "{name}"'))
+    except ProgrammingError as error:
+        if getattr(error.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        pytest.skip("needs CREATEDB: the test makes an empty database of its own")
     yield make_url(TEST_DATABASE_URL).set(database=name).render_as_string(hide_password=False)
     asyncio.run(_run_on_server(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
@@ -81,24 +211,3 @@ async def database_url(postgres_url: str | None, tmp_path: Path) -> AsyncIterato
             await connection.execute(text("CREATE SCHEMA public"))
     finally:
         await engine.dispose()
-
-
-@pytest.fixture
-def settings(database_url: str) -> Settings:
-    return make_settings(database_url)
-
-
-@pytest.fixture
-async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
-    async with serve(settings) as app_and_client:
-        yield app_and_client
-
-
-@pytest.fixture
-def app(served: tuple[FastAPI, AsyncClient]) -> FastAPI:
-    return served[0]
-
-
-@pytest.fixture
-def client(served: tuple[FastAPI, AsyncClient]) -> AsyncClient:
-    return served[1]

@@ -4,6 +4,9 @@ SQLAlchemy's pool lets a request that arrives just as a connection is returned t
 ahead of requests already waiting, so under load a few unlucky requests wait many times
 longer than the rest. A FIFO semaphore (asyncio's is fair) queues requests in front of the
 pool instead, and lets the app count and time the wait.
+
+It also fails fast: after a connect failed, requests fail at once for a moment instead of
+each waiting for its own connect to time out, queued behind the others.
 """
 
 import asyncio
@@ -13,6 +16,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 logger = logging.getLogger(__name__)
+
+# After a failed connect, requests fail at once for this long (seconds).
+FAIL_FAST_SECONDS = 1.0
 
 
 class PoolBusyError(Exception):
@@ -24,6 +30,13 @@ class DatabaseUnreachableError(Exception):
 
 
 class Admission:
+    """A first-come, first-served queue of at most ``capacity`` requests at a time.
+
+    ``capacity`` is the pool's, in connections (None: no limit); ``timeout`` and
+    ``wait_warning`` are in seconds. ``admit()`` raises ``PoolBusyError`` after waiting
+    ``timeout``, and ``DatabaseUnreachableError`` while failing fast.
+    """
+
     def __init__(self, capacity: int | None, timeout: float, wait_warning: float) -> None:
         # No capacity: without a pool (NullPool) every request opens its own connection.
         self._slots = asyncio.Semaphore(capacity) if capacity is not None else None
@@ -32,19 +45,35 @@ class Admission:
         self.wait_warning = wait_warning
         self.waiting = 0
         self.admitted = 0
+        self._fail_fast_until = 0.0
 
     @property
     def full(self) -> bool:
         return self.capacity is not None and self.admitted >= self.capacity
 
+    def note_unreachable(self) -> None:
+        """Called when a connect failed: fail fast for a moment rather than queue."""
+        self._fail_fast_until = time.monotonic() + FAIL_FAST_SECONDS
+
+    def raise_if_recently_unreachable(self) -> None:
+        if time.monotonic() < self._fail_fast_until:
+            raise DatabaseUnreachableError("the database failed to answer a moment ago")
+
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:
         """Hold one of the pool's connections' worth of capacity for the block."""
+        self.raise_if_recently_unreachable()
         if self._slots is None:
             yield
             return
         if self._slots.locked():
             await self._wait_for(self._slots)
+            # Again after the wait: a request queued behind a failed connect fails at once.
+            try:
+                self.raise_if_recently_unreachable()
+            except DatabaseUnreachableError:
+                self._slots.release()
+                raise
         else:  # a slot is free and nobody is queued: no timer needed
             await self._slots.acquire()
         self.admitted += 1

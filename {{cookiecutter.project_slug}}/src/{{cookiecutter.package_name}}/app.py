@@ -7,10 +7,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import health, routes
 from .database import DATABASE_ERRORS, Database
 from .errors import add_error_handlers, describe
 from .models import Base
+from .routers import health, items
 from .settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     add_error_handlers(app)
-    app.include_router(routes.router)
+    app.include_router(items.router)
     app.include_router(health.router)
     return app

@@ -47,7 +47,7 @@ def database_unavailable(request: Request, error: Exception, connect_failed: boo
     )
     if connect_failed:
         database: Database = request.app.state.database
-        database.note_unreachable()
+        database.admission.note_unreachable()
     return error_response(503, "database_unavailable", "The database cannot be reached.")
 
 

@@ -12,13 +12,15 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from {{ cookiecutter.package_name }} import pre_ping
 from {{ cookiecutter.package_name }}.admission import Admission, PoolBusyError
-from {{ cookiecutter.package_name }}.database import Database, SessionDep, connect_args
+from {{ cookiecutter.package_name }}.database import Database
+from {{ cookiecutter.package_name }}.dependencies import SessionDep
+from {{ cookiecutter.package_name }}.engine import connect_args
 from {{ cookiecutter.package_name }}.models import Base, Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .support import add_holding_route, make_settings, requires_postgres, serve
+from ..support import add_holding_route, make_settings, requires_postgres, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def assert_pool_limits(settings: Settings, size: int, overflow: int, wait: float) -> None:
@@ -284,11 +286,11 @@ async def test_sessions_write_in_a_transaction_and_reads_run_without_one(
             assert driver_in_transaction(raw.driver_connection)
         # The same, only, connection back from the session: the write was rolled back and
         # the connection is in autocommit mode again.
-        async with database.read_connection() as connection:
-            assert (await connection.execute(select(Item))).all() == []
-            raw = await connection.get_raw_connection()
+        async with database.read_session() as session:
+            assert (await session.scalars(select(Item))).all() == []
+            raw = await (await session.connection()).get_raw_connection()
             assert not driver_in_transaction(raw.driver_connection)
-        assert database.connections_opened == 1
+        assert database.connections.opened == 1
 
 
 async def test_a_burst_uses_the_overflow_and_queues_beyond_pool_size_plus_max_overflow(
@@ -306,7 +308,7 @@ async def test_a_burst_uses_the_overflow_and_queues_beyond_pool_size_plus_max_ov
         assert max(status["checked_out"] for status in seen) == 2 + 3
         assert max(status["overflow"] for status in seen) == 3
         assert max(status["waiting"] for status in seen) > 0
-        assert database.connections_opened == 2 + 3
+        assert database.connections.opened == 2 + 3
 
 
 async def test_overflow_connections_are_reused_while_load_swings_then_close_when_idle(
@@ -324,7 +326,7 @@ async def test_overflow_connections_are_reused_while_load_swings_then_close_when
                 *(client.get("/hold") for _ in range(3)))} == {200}  # fmt: skip
             assert (await client.get("/items")).status_code == 200
 
-        assert database.connections_opened == 3
+        assert database.connections.opened == 3
         assert database.pool_status()["overflow"] == 2  # idle, open, checked in
         assert database.pool_status()["checked_in"] == 3
         for _ in range(100):  # the timeout, then the close, on a busy machine: up to 10 s
@@ -336,7 +338,7 @@ async def test_overflow_connections_are_reused_while_load_swings_then_close_when
             "size": 1, "checked_out": 0, "checked_in": 1, "overflow": 0,
             "max_overflow": 2, "waiting": 0,
         }  # fmt: skip
-        assert database.connections_closed == 2
+        assert database.connections.closed == 2
 
 
 async def test_dispose_closes_idle_overflow_connections_too(database_url: str) -> None:
@@ -347,8 +349,8 @@ async def test_dispose_closes_idle_overflow_connections_too(database_url: str) -
         await asyncio.gather(*(client.get("/hold") for _ in range(3)))
         assert database.pool_status()["overflow"] == 2  # lingering, for 10 s
 
-    assert database.connections_opened == 3
-    assert database.connections_closed == 3
+    assert database.connections.opened == 3
+    assert database.connections.closed == 3
 
 
 async def test_overflow_idle_timeout_zero_closes_overflow_on_return_as_sqlalchemy_does(
@@ -363,7 +365,7 @@ async def test_overflow_idle_timeout_zero_closes_overflow_on_return_as_sqlalchem
         await asyncio.gather(*(client.get("/hold") for _ in range(3)))
 
         assert database.pool_status()["overflow"] == 0
-        assert database.connections_closed == 2
+        assert database.connections.closed == 2
 
 
 async def test_pre_ping_tests_only_connections_that_sat_idle(

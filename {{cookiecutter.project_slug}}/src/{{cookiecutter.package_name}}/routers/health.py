@@ -14,8 +14,8 @@ from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from .database import DATABASE_ERRORS, Database
-from .errors import describe
+from ..database import DATABASE_ERRORS, Database
+from ..errors import describe
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def liveness() -> dict[str, str]:
 )
 async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
     database: Database = request.app.state.database
-    if database.saturated:
+    if database.admission.full:
         return health_report(database, "busy", "every pooled connection is in use")
     try:
         await database.check()

@@ -1,6 +1,6 @@
 """An app with an extra slow route, for tests that run it in a real uvicorn process.
 
-``uvicorn tests.apps:app_with_slow_route --factory``, with settings from the environment.
+``uvicorn tests.pool.apps:app_with_slow_route --factory``, with settings from the environment.
 """
 
 import asyncio
@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.app import create_app
-from {{ cookiecutter.package_name }}.database import SessionDep
+from {{ cookiecutter.package_name }}.dependencies import SessionDep
 from {{ cookiecutter.package_name }}.logs import configure_logging
 from {{ cookiecutter.package_name }}.models import Item
 

@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.database import DatabaseDep
+from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep
 
-from .support import make_settings, requires_postgres, serve, uvicorn_server
+from ..support import make_settings, requires_postgres, serve, uvicorn_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 WORKERS, POOL_SIZE, MAX_OVERFLOW = 2, 2, 1
 
@@ -79,9 +79,8 @@ async def test_slow_queries_open_overflow_connections_and_never_more_than_the_su
     async with serve(settings) as (app, client):
 
         @app.get("/slow")
-        async def slow(database: DatabaseDep) -> None:
-            async with database.read_connection() as connection:
-                await connection.execute(text("SELECT pg_sleep(0.05)"))
+        async def slow(session: ReadSessionDep) -> None:
+            await session.execute(text("SELECT pg_sleep(0.05)"))
 
         done = asyncio.Event()
         sampler = asyncio.create_task(peak_app_connections(database_url, done))
@@ -95,11 +94,11 @@ async def test_slow_queries_open_overflow_connections_and_never_more_than_the_su
 
 async def test_null_pool_opens_a_connection_per_request(database_url: str) -> None:
     async with serve(make_settings(database_url, pool_class="null")) as (app, client):
-        opened_before = app.state.database.connections_opened
+        opened_before = app.state.database.connections.opened
         for _ in range(5):
             assert (await client.get("/items")).status_code == 200
 
-        assert app.state.database.connections_opened - opened_before == 5
+        assert app.state.database.connections.opened - opened_before == 5
         assert app.state.database.pool_status()["checked_out"] == 0
 
 
@@ -108,4 +107,4 @@ async def test_queue_pool_reuses_its_connection_across_requests(database_url: st
         for _ in range(20):
             assert (await client.get("/items")).status_code == 200
 
-        assert app.state.database.connections_opened == 1
+        assert app.state.database.connections.opened == 1

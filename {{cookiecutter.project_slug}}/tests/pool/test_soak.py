@@ -8,9 +8,9 @@ from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.models import Item
 
-from .support import make_settings, serve
+from ..support import make_settings, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 CLIENTS = 50
 # Bounded by count, not by time: how much work fits in a second is the machine's business.

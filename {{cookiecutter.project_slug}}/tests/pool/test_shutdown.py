@@ -4,16 +4,18 @@ import signal
 import httpx
 import pytest
 
-from .support import uvicorn_server
+from ..support import uvicorn_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def test_sigterm_lets_in_flight_requests_finish_then_disposes_the_engine(
     database_url: str,
 ) -> None:
     env = {"DATABASE_URL": database_url, "SLOW_SECONDS": "1.5"}
-    slow_app = ("tests.apps:app_with_slow_route", "--factory", "--timeout-graceful-shutdown", "10")
+    slow_app = (
+        "tests.pool.apps:app_with_slow_route", "--factory", "--timeout-graceful-shutdown", "10"
+    )  # fmt: skip
     async with uvicorn_server(env, app=slow_app) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             in_flight = asyncio.create_task(client.get("/slow"))

@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from .support import PROJECT_DIR, uvicorn_server
+from ..support import PROJECT_DIR, uvicorn_server
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SCRIPT = PROJECT_DIR / "scripts" / "loadtest.py"
 
@@ -44,7 +44,7 @@ async def test_loadtest_reports_a_saturated_pool_and_keeps_to_its_budget(
 ) -> None:
     # Requests that hold their connection for 50 ms: two connections serve 40 per second.
     env = {"DATABASE_URL": database_url, "POOL_SIZE": "2", "MAX_OVERFLOW": "0"}
-    slow_app = ("tests.apps:app_with_slow_route", "--factory")
+    slow_app = ("tests.pool.apps:app_with_slow_route", "--factory")
     async with uvicorn_server(env | {"SLOW_SECONDS": "0.05"}, app=slow_app) as server:
         code, output = await run_script(
             server.url, "--path", "/slow", "--clients", "1,12", "--seconds", "0.6"

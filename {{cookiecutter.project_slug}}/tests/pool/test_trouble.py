@@ -16,10 +16,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }} import pre_ping
-from {{ cookiecutter.package_name }}.database import Database, SessionDep
+from {{ cookiecutter.package_name }}.database import Database
+from {{ cookiecutter.package_name }}.dependencies import SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
-from .support import (
+from ..support import (
     TEST_DATABASE_URL,
     add_holding_route,
     make_settings,
@@ -27,7 +28,7 @@ from .support import (
     serve,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def count_items(app: FastAPI) -> int:
@@ -419,8 +420,8 @@ async def test_with_pre_ping_a_write_on_a_dropped_connection_is_never_run_twice(
         assert await terminate_app_connections(database_url) == 1
 
         with pytest.raises(DBAPIError) as raised:
-            async with database.read_connection() as connection:
-                await connection.execute(insert(Item).values(name="autocommit write"))
+            async with database.read_session() as session:
+                await session.execute(insert(Item).values(name="autocommit write"))
         assert raised.value.connection_invalidated
         assert (await client.get("/items")).json() == []  # the pool healed, nothing stored
 

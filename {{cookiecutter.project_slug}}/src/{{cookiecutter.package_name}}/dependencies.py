@@ -1,0 +1,60 @@
+"""The session endpoint code takes: ``SessionDep`` to write, ``ReadSessionDep`` to read.
+
+Both are SQLAlchemy ``AsyncSession`` objects, used with ``select()`` as SQLAlchemy's and
+FastAPI's own docs teach::
+
+    @router.get("/{item_id}")
+    async def get_item(item_id: int, session: ReadSessionDep) -> ItemRead:
+        item = await session.get(Item, item_id)
+
+    @router.post("")
+    async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
+        item = Item(**body.model_dump())
+        session.add(item)
+        await session.flush()  # the id and server defaults, from INSERT ... RETURNING
+        return item
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .database import Database
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One session, and so one transaction, per request.
+
+    Unit of work: the transaction commits when the endpoint returns and rolls back when it
+    raises. Used through ``SessionDep``, whose function scope (FastAPI 0.121 and later)
+    runs the commit before the response is sent: a commit that fails becomes an error
+    response, never a 2xx for data that was not stored, and the connection is back in the
+    pool before the client reads the response.
+
+    The session is closed when the endpoint returns: a background task or a streaming
+    response must open its own, ``async with database.session() as session``.
+    """
+    database: Database = request.app.state.database
+    async with database.session() as session:
+        yield session
+        await session.commit()
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for endpoints that only read, on an autocommit connection.
+
+    Each statement is one round trip, with no BEGIN or ROLLBACK around it; two statements
+    may see different snapshots. It refuses to write: adding, changing or deleting objects
+    through it is an error (a 500), never a 2xx for a write that was not stored.
+    """
+    database: Database = request.app.state.database
+    async with database.read_session() as session:
+        yield session
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("ReadSessionDep cannot write: use SessionDep in this endpoint")
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

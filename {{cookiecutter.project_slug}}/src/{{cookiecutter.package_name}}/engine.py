@@ -1,0 +1,118 @@
+"""Building the engine: one pool, configured from the settings, and two ways to use it.
+
+The pool's connections are in autocommit mode, so a read is one round trip with nothing to
+begin, roll back or switch back afterwards (``read_engine``). ``transaction_engine`` is the
+same pool; it switches the connection it takes to a transaction at the database's default
+isolation level, for sessions that write and for schema changes.
+"""
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
+
+from . import pre_ping
+from .pool import LingeringOverflowPool
+from .settings import Settings
+
+# What the transaction engine switches its connections to: each database's own default.
+TRANSACTION_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
+
+
+class Engines(NamedTuple):
+    read_engine: AsyncEngine
+    transaction_engine: AsyncEngine
+
+
+def create_engines(url: URL, settings: Settings) -> Engines:
+    """The two engines over one pool, with pre-ping installed when the settings ask for it."""
+    read_engine = create_async_engine(
+        url,
+        isolation_level="AUTOCOMMIT",
+        connect_args=connect_args(url, settings),
+        # Error messages would otherwise quote the values of a failed statement.
+        hide_parameters=True,
+        **pool_options(url, settings),
+    )
+    transaction_engine = read_engine.execution_options()
+    # An in-memory SQLite database has no server to drop it, and its one connection is the
+    # database: never replaced.
+    if settings.pool_pre_ping and isinstance(read_engine.pool, LingeringOverflowPool):
+        pre_ping.install(read_engine.sync_engine, transaction_engine.sync_engine)
+    # After pre_ping's hook, so that its ping runs before the switch to a transaction.
+    transaction_engine.update_execution_options(
+        isolation_level=TRANSACTION_ISOLATION[url.get_backend_name()]
+    )
+    if is_sqlite_file(url):
+        event.listen(read_engine.sync_engine, "connect", use_sqlite_write_ahead_log)
+    return Engines(read_engine, transaction_engine)
+
+
+def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
+    """The pool for ``url``, configured from the settings.
+
+    SQLAlchemy chooses the pool class from the URL (``Dialect.get_pool_class``): asyncpg
+    and file SQLite databases get a queue pool, ``LingeringOverflowPool`` (see pool.py),
+    and every setting applies.
+
+    In-memory SQLite is the exception: each new connection would open a new, empty
+    database. SQLAlchemy's choice for it, ``StaticPool``, hands its one connection to all
+    sessions at once, so concurrent requests would interleave their transactions on it.
+    Instead it gets a queue pool of exactly one connection that is never recycled or
+    replaced: one database, one request at a time, the wait bounded by ``pool_timeout``.
+    """
+    in_memory = not issubclass(url.get_dialect().get_pool_class(url), QueuePool)
+    if in_memory:
+        return {
+            "poolclass": AsyncAdaptedQueuePool,
+            "pool_size": 1,
+            "max_overflow": 0,
+            "pool_timeout": settings.pool_timeout,
+            "pool_recycle": -1,
+        }
+    if settings.pool_class == "null":
+        return {"poolclass": NullPool}
+    return {
+        "poolclass": LingeringOverflowPool,
+        "overflow_idle_timeout": settings.pool_overflow_idle_timeout,
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "pool_timeout": settings.pool_timeout,
+        "pool_recycle": settings.pool_recycle,
+    }
+
+
+def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
+    """Timeouts for the driver, so that no request waits on the database without bound."""
+    if url.get_backend_name() == "sqlite":
+        # sqlite3's busy timeout: how long a writer waits for another writer's lock.
+        return {"timeout": settings.statement_timeout or settings.pool_timeout}
+    args: dict[str, Any] = {"timeout": settings.connect_timeout}
+    server_settings = {"application_name": "{{ cookiecutter.package_name }}"}
+    if settings.statement_timeout:
+        # The client gives up a little after the server would have, in case the server
+        # itself has gone silent.
+        args["command_timeout"] = settings.statement_timeout + settings.connect_timeout
+    if settings.connection_pooler == "pgbouncer":
+        # Transaction pooling runs each transaction on whichever server connection is free,
+        # so no prepared statement may outlive one: asyncpg's cache and SQLAlchemy's off.
+        args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+        # PgBouncer refuses startup parameters it does not know, statement_timeout among
+        # them: set that on the role instead (ALTER ROLE ... SET statement_timeout).
+    elif settings.statement_timeout:
+        # The server cancels a statement past it, and the connection stays usable.
+        server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
+    return args | {"server_settings": server_settings}
+
+
+def is_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
+def use_sqlite_write_ahead_log(dbapi_connection: Any, _: object) -> None:
+    """WAL lets readers go on while one writer writes; a file database keeps the mode."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

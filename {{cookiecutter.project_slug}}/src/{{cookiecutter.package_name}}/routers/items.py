@@ -1,0 +1,44 @@
+"""The ``/items`` API: reads through ``ReadSessionDep``, writes through ``SessionDep``."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from sqlalchemy import select
+
+from ..dependencies import ReadSessionDep, SessionDep
+from ..models import Item
+from ..schemas import ItemCreate, ItemRead
+
+# Ids are 32-bit integers in the database; a larger one could only be a miss.
+MAX_ID = 2**31 - 1
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+
+@router.get("")
+async def list_items(
+    session: ReadSessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+) -> list[ItemRead]:
+    items = await session.scalars(select(Item).order_by(Item.id).limit(limit).offset(offset))
+    return items.all()
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_item(body: ItemCreate, session: SessionDep) -> ItemRead:
+    item = Item(**body.model_dump())
+    session.add(item)
+    # Flush to get the id and created_at; SessionDep commits before the response is sent.
+    await session.flush()
+    return item
+
+
+@router.get("/{item_id}", responses={404: {"description": "No item has this id"}})
+async def get_item(
+    item_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: ReadSessionDep
+) -> ItemRead:
+    item = await session.get(Item, item_id)
+    if item is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"Item {item_id} not found")
+    return item
