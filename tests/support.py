@@ -48,7 +48,10 @@ class BakedVenv:
         subprocess.run([sys.executable, "-m", "venv", str(self.path)], check=True)
         self.pip("install", "--quiet", "--upgrade", "pip")
         # hatchling and editables: what the editable installs below build with.
-        self.pip("install", "--quiet", "hatchling", "editables", f"{first_project}[dev]")
+        self.pip(
+            "install", "--quiet", "hatchling", "editables", str(first_project),
+            "--group", f"{first_project / 'pyproject.toml'}:dev",
+        )  # fmt: skip
 
     def pip(self, *args: str) -> None:
         result = run(self.python, "-m", "pip", *args)
