@@ -1,14 +1,17 @@
-"""The baked project's containers, CI and git setup: what can be checked without Docker."""
+"""The baked project's containers, CI and git setup, and the template's own uv setup:
+what can be checked without Docker.
+"""
 
 import ast
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .support import bake_with_cli
+from .support import TEMPLATE_DIR, bake_with_cli, run
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,15 @@ def test_bake_succeeds_when_git_is_missing(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "git is not installed" in result.stdout
     assert (output / "my-service" / "pyproject.toml").is_file()
+
+
+def test_uv_lock_matches_the_template_dependencies() -> None:
+    """`uv sync` installs what uv.lock pins: it must list what pyproject.toml asks for.
+
+    Offline when it matches; after a change to the dependency groups, `uv lock` updates it.
+    """
+    uv = Path(sys.executable).parent / "uv"
+
+    checked = run(uv, "lock", "--check", cwd=TEMPLATE_DIR, timeout=120)
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr + "\nRun `uv lock`."
