@@ -1,8 +1,8 @@
-"""Put the password where git will not see it, then tell the user what to do next."""
+"""Put the password where git will not see it, commit, then tell the user what to do next."""
 
 import json
+import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ sys.path.insert(0, json.loads(r""" {{ template_dir | tojson }} """))
 
 from hooks import database_url  # noqa: E402
 from hooks.env_file import write_env_file  # noqa: E402
+from hooks.git_repo import create_repository  # noqa: E402
 
 project_dir = Path.cwd()
 if ANSWERS["use_alembic"] not in (True, "yes", "y", "true"):
@@ -31,17 +32,25 @@ else:
         "needs one, set DATABASE_URL in .env (git-ignored), as .env.example shows."
     )
 if ANSWERS["git_init"] in (True, "yes", "y", "true"):
-    if shutil.which("git") is None:
-        print("git is not installed: no repository was created (run `git init` later).")
-    else:
-        subprocess.run(["git", "init", "--quiet"], cwd=project_dir, check=False)
-        print("Created a git repository; .env and SQLite files are in .gitignore.")
+    # After .env is written: the first commit must show that git ignores it.
+    print(create_repository(project_dir, ANSWERS["author_name"], ANSWERS["author_email"]))
+# python3, not python: Debian and Ubuntu have no `python` unless python-is-python3 is
+# installed. pip takes PEP 735 groups (--group) from 25.1 on, hence the upgrade first.
+# The full path to cd to: the project is wherever --output-dir put it.
+cd = f"cd {shlex.quote(str(project_dir))}"
+venv = "python3 -m venv .venv && .venv/bin/pip install --upgrade pip"
+app = f"{ANSWERS['package_name']}.main:app --reload"
 print(
     f"""
-Next steps:
-    cd {ANSWERS["project_slug"]}
-    python -m venv .venv && .venv/bin/pip install -e ".[dev]"
-    .venv/bin/uvicorn {ANSWERS["package_name"]}.main:app --reload
+Next steps, with pip:
+    {cd}
+    {venv} && .venv/bin/pip install -e . --group dev
+    .venv/bin/uvicorn {app}
     .venv/bin/pytest
+or with uv (https://docs.astral.sh/uv/):
+    {cd}
+    uv sync
+    uv run uvicorn {app}
+    uv run pytest
 """
 )

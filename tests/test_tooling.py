@@ -5,20 +5,31 @@ what can be checked without Docker.
 import ast
 import os
 import re
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+from hooks.git_repo import COMMIT_MESSAGE
+
 from .support import TEMPLATE_DIR, bake_with_cli, run
+from .variants import POSTGRES_URL_WITH_PASSWORD
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def baked(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """A bake with the defaults, as the command prints it, and the project's folder."""
     result, output = bake_with_cli(tmp_path_factory.mktemp("tooling"))
     assert result.returncode == 0, result.stdout + result.stderr
-    return output / "my-service"
+    return result, output / "my-service"
+
+
+@pytest.fixture(scope="module")
+def project(baked: tuple[subprocess.CompletedProcess, Path]) -> Path:
+    return baked[1]
 
 
 def settings_variables(project: Path) -> set[str]:
@@ -69,8 +80,92 @@ def test_ci_workflow_runs_the_commands_readme_gives(project: Path) -> None:
     assert job["env"]["TEST_DATABASE_URL"].startswith("postgresql+asyncpg://")
 
 
-def test_bake_creates_a_git_repository(project: Path) -> None:
-    assert (project / ".git").is_dir()
+def git(project: Path, *args: str) -> str:
+    done = run("git", *args, cwd=project)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.fixture
+def no_git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No identity for git beyond the empty HOME bake_with_cli gives: no system config, no
+    identity variables (git would commit as root@host.(none), or refuse)."""
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in ("AUTHOR_NAME", "AUTHOR_EMAIL", "COMMITTER_NAME", "COMMITTER_EMAIL"):
+        monkeypatch.delenv(f"GIT_{name}", raising=False)
+    monkeypatch.delenv("EMAIL", raising=False)
+
+
+def test_bake_commits_every_file_but_the_password(tmp_path: Path, no_git_identity) -> None:
+    result, output = bake_with_cli(
+        tmp_path, f"database_url={POSTGRES_URL_WITH_PASSWORD}", "author_name=Zoë O'Brien"
+    )
+    project = output / "my-service"
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Created a git repository with one commit" in result.stdout
+    assert git(project, "log", "--format=%an <%ae>|%s").splitlines() == [
+        f"Zoë O'Brien <you@example.com>|{COMMIT_MESSAGE}"
+    ]
+    assert git(project, "status", "--porcelain", "--ignored=no") == ""
+    tracked = git(project, "ls-files").splitlines()
+    assert (project / ".env").is_file() and ".env" not in tracked
+    assert {"pyproject.toml", ".gitignore", ".env.example"} <= set(tracked)
+    files = {str(path.relative_to(project)) for path in project.rglob("*") if path.is_file()}
+    assert set(tracked) == {name for name in files if not name.startswith(".git/")} - {".env"}
+
+
+def test_first_commit_is_the_users_when_git_knows_them(tmp_path: Path, no_git_identity):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".gitconfig").write_text(
+        "[user]\n\tname = Configured Person\n\temail = configured@example.org\n"
+    )
+
+    result, output = bake_with_cli(tmp_path)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = git(output / "my-service", "log", "--format=%an <%ae>")
+    assert log == "Configured Person <configured@example.org>\n"
+
+
+def test_failed_first_commit_leaves_the_repository_and_one_line(tmp_path: Path) -> None:
+    """Commit signing with a signing program that fails: the commit cannot be made."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".gitconfig").write_text(
+        "[user]\n\tname = A\n\temail = a@example.org\n"
+        "[commit]\n\tgpgsign = true\n[gpg]\n\tprogram = false\n"
+    )
+
+    result, output = bake_with_cli(tmp_path)
+    project = output / "my-service"
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "git repository" in line]
+    assert line.startswith("Created a git repository, but the first commit failed (")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert run("git", "rev-parse", "--verify", "HEAD", cwd=project).returncode != 0
+    assert (project / ".git").is_dir() and (project / "pyproject.toml").is_file()
+
+
+def test_bake_creates_a_git_repository_with_a_clean_work_tree(project: Path) -> None:
+    assert len(git(project, "log", "--oneline").splitlines()) == 1
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_next_steps_use_python3_and_offer_uv(baked) -> None:
+    result, project = baked
+    steps = result.stdout[result.stdout.index("Next steps") :]
+
+    # Debian and Ubuntu have no `python` command unless python-is-python3 is installed.
+    assert not re.search(r"(^|[\s/])python\s", steps), steps
+    assert f"cd {project}\n" in steps
+    assert "python3 -m venv .venv && .venv/bin/pip install --upgrade pip" in steps
+    # The group the baked project declares its tools in (PEP 735; pip 25.1 and later).
+    assert ".venv/bin/pip install -e . --group dev" in steps
+    baked_groups = tomllib.loads((project / "pyproject.toml").read_text())["dependency-groups"]
+    assert "pytest" in " ".join(baked_groups["dev"])
+    for command in ("uv sync", "uv run uvicorn my_service.main:app --reload", "uv run pytest"):
+        assert f"    {command}\n" in steps
 
 
 def test_bake_without_git_init_creates_none(tmp_path: Path) -> None:
