@@ -11,8 +11,15 @@ from typing import NamedTuple
 
 from hooks import database_url
 
-# Larger numbers are typing mistakes, not pool settings.
-MAX_NUMBER = 10_000
+# Connection and process counts above this are typing mistakes, not pool settings: one
+# process holding 10,000 connections is far past the default limit of open files.
+MAX_COUNT = 10_000
+# Seconds settings up to a week: pool_recycle is commonly 1 to 24 hours (3600, 14400,
+# 86400), and -1, not a huge number, is how to say never. More is a typing mistake.
+MAX_SECONDS = 7 * 24 * 3600
+# PostgreSQL's own ceiling for max_connections (MAX_BACKENDS, 2^18 - 1); big servers run
+# thousands of connections, so nothing lower is a typing mistake.
+MAX_SERVER_CONNECTIONS = 262_143
 # Longer names would push the baked imports past the line length that ruff enforces.
 MAX_PACKAGE_NAME_LENGTH = 40
 MAX_PROJECT_NAME_LENGTH = 80
@@ -39,26 +46,26 @@ class Report(NamedTuple):
     notices: list[str]
 
 
-def parse_integer(name: str, value: object, low: int, accepted: str):
-    """The whole number in ``value``, or a problem line when it is not one in [low, 10000]."""
+def parse_integer(name: str, value: object, low: int, high: int, accepted: str):
+    """The whole number in ``value``, or a problem line when it is not one in [low, high]."""
     text = str(value).strip()
     if not re.fullmatch(r"[+-]?[0-9]+", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a whole number; accepted: {accepted}"
     number = int(text)
-    if not low <= number <= MAX_NUMBER:
+    if not low <= number <= high:
         return None, f"{name}: {number} is out of range; accepted: {accepted}"
     return number, None
 
 
-def parse_seconds(name: str, value: object, low: float, accepted: str):
-    """The number of seconds in ``value``, or a problem line unless low < seconds <= 10000."""
+def parse_seconds(name: str, value: object, low: float, high: float, accepted: str):
+    """The number of seconds in ``value``, or a problem line unless low < seconds <= high."""
     text = str(value).strip()
     if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)", text):
         shown = "empty" if not text else repr(text)
         return None, f"{name}: {shown} is not a number; accepted: {accepted}"
     seconds = float(text)
-    if not (math.isfinite(seconds) and low < seconds <= MAX_NUMBER):
+    if not (math.isfinite(seconds) and low < seconds <= high):
         return None, f"{name}: {text} is out of range; accepted: {accepted}"
     return seconds, None
 
@@ -112,22 +119,27 @@ def package_name_problems(name: str) -> list[str]:
     return []
 
 
-# Each number answer: how it is read, its lowest value, and what is accepted.
+# Each number answer: how it is read, its lowest and highest values, and what is accepted.
 NUMBER_ANSWERS = {
     "pool_size": (
-        parse_integer, 1,
-        f"a whole number from 1 to {MAX_NUMBER} (0 would mean no limit to SQLAlchemy)",
+        parse_integer, 1, MAX_COUNT,
+        f"a whole number from 1 to {MAX_COUNT} (0 would mean no limit to SQLAlchemy)",
     ),
     "max_overflow": (
-        parse_integer, -1, f"a whole number from 0 to {MAX_NUMBER}, or -1 for no limit"
+        parse_integer, -1, MAX_COUNT, f"a whole number from 0 to {MAX_COUNT}, or -1 for no limit"
     ),
-    "pool_timeout": (parse_seconds, 0, f"seconds above 0, at most {MAX_NUMBER}"),
-    "pool_recycle": (parse_integer, -1, f"seconds from 0 to {MAX_NUMBER}, or -1 for never"),
-    "workers": (parse_integer, 1, f"a whole number from 1 to {MAX_NUMBER}"),
+    "pool_timeout": (
+        parse_seconds, 0, MAX_SECONDS, f"seconds above 0, at most {MAX_SECONDS} (a week)"
+    ),
+    "pool_recycle": (
+        parse_integer, -1, MAX_SECONDS,
+        f"seconds from 0 to {MAX_SECONDS} (a week; 86400 is a day), or -1 for never",
+    ),
+    "workers": (parse_integer, 1, MAX_COUNT, f"a whole number from 1 to {MAX_COUNT}"),
     "db_max_connections": (
-        parse_integer, SUPERUSER_RESERVED_CONNECTIONS + 1,
+        parse_integer, SUPERUSER_RESERVED_CONNECTIONS + 1, MAX_SERVER_CONNECTIONS,
         "the PostgreSQL server's max_connections, a whole number from "
-        f"{SUPERUSER_RESERVED_CONNECTIONS + 1} to {MAX_NUMBER}",
+        f"{SUPERUSER_RESERVED_CONNECTIONS + 1} to {MAX_SERVER_CONNECTIONS} (PostgreSQL's limit)",
     ),
 }  # fmt: skip
 
@@ -148,8 +160,8 @@ def check_answers(answers: dict) -> Report:
     notices: list[str] = []
 
     numbers = {}
-    for name, (parse, low, accepted) in NUMBER_ANSWERS.items():
-        numbers[name], problem = parse(name, answers[name], low, accepted)
+    for name, (parse, low, high, accepted) in NUMBER_ANSWERS.items():
+        numbers[name], problem = parse(name, answers[name], low, high, accepted)
         problems += [problem] if problem else []
     pool_size, max_overflow = numbers["pool_size"], numbers["max_overflow"]
     workers, max_connections = numbers["workers"], numbers["db_max_connections"]

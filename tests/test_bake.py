@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from hooks.validation import NUMBER_ANSWERS, parse_seconds
+
 from .support import bake_with_cli, run
 from .variants import POSTGRES_PASSWORD, POSTGRES_URL_WITH_PASSWORD, VARIANTS
 
@@ -181,6 +183,9 @@ BAD_ANSWERS = [
     (["pool_timeout=soon"], "pool_timeout: 'soon' is not a number"),
     (["pool_recycle=-2"], "pool_recycle: -2 is out of range; accepted: seconds from 0 to"),
     (["pool_recycle=1.5"], "pool_recycle: '1.5' is not a whole number"),
+    (["pool_recycle=604801"], "pool_recycle: 604801 is out of range; accepted: seconds from 0 to"),
+    (["pool_timeout=604800.5"], "pool_timeout: 604800.5 is out of range; accepted: seconds above"),
+    (["db_max_connections=262144"], "db_max_connections: 262144 is out of range"),
     (["workers=0"], "workers: 0 is out of range"),
     (["db_max_connections=none"], "db_max_connections: 'none' is not a whole number"),
     (["database_url=mysql://app:hunter2@db/app"], "the driver 'mysql', which is not supported"),
@@ -235,6 +240,61 @@ def test_every_bad_answer_is_reported_in_one_run(tmp_path: Path) -> None:
     problems = [line.split(":")[0] for line in result.stdout.splitlines()[1:] if line]
     assert problems == ["pool_size", "max_overflow", "pool_timeout", "database_url"]
     assert list(output.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        ["pool_recycle=14400"],
+        ["pool_recycle=86400", "pool_timeout=3600"],
+        [POSTGRES, "db_max_connections=5000", "workers=16", "pool_size=200", "max_overflow=100"],
+    ],
+    ids=["recycle-4h", "recycle-1d-timeout-1h", "big-server"],
+)
+def test_settings_used_in_production_bake(tmp_path: Path, answers: list[str]) -> None:
+    result, output = bake_with_cli(tmp_path, *answers)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    settings = (output / "my-service" / "src" / "my_service" / "settings.py").read_text()
+    for answer in answers:
+        name, value = answer.split("=", 1)
+        if name in ("pool_recycle", "pool_size", "max_overflow", "workers"):
+            assert re.search(rf"{name}: int = Field\(default={value},", settings), answer
+
+
+def field_bounds(settings_py: str) -> dict[str, dict[str, float]]:
+    """The ge/gt/le bounds of each Field in the baked settings.py, its constants evaluated."""
+    tree = ast.parse(settings_py)
+    constants: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.BinOp)):
+            names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+            value = eval(compile(ast.Expression(node.value), "settings.py", "eval"), {}, constants)
+            constants.update(dict.fromkeys(names, value))
+    bounds = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call):
+            keywords = {
+                keyword.arg: eval(compile(ast.Expression(keyword.value), "", "eval"), {}, constants)
+                for keyword in node.value.keywords
+                if keyword.arg in ("ge", "gt", "le")
+            }
+            bounds[node.target.id] = keywords
+    return bounds
+
+
+def test_the_baked_settings_accept_exactly_the_numbers_the_bake_accepts(tmp_path: Path):
+    """A value the bake accepts must not stop the app at start, nor the other way round."""
+    result, output = bake_with_cli(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    settings = (output / "my-service" / "src" / "my_service" / "settings.py").read_text()
+
+    bounds = field_bounds(settings)
+    for name, (parse, low, high, _) in NUMBER_ANSWERS.items():
+        if name == "db_max_connections":  # the server's, checked at startup against the server
+            continue
+        lowest = {"gt": low} if parse is parse_seconds else {"ge": low}
+        assert bounds[name] == lowest | {"le": high}, name
 
 
 def test_unlimited_overflow_bakes_with_a_warning(tmp_path: Path) -> None:

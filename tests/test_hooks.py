@@ -151,6 +151,10 @@ DEFAULT_ANSWERS = {
     "connection_pooler": "none",
 }
 POSTGRES = {"database_url": "postgresql+asyncpg://app@db/app"}
+# 16 workers x (200 + 100) = 4800 connections of a server's 5000.
+BIG_SERVER = POSTGRES | {
+    "db_max_connections": "5000", "workers": "16", "pool_size": "200", "max_overflow": "100"
+}  # fmt: skip
 
 
 def test_default_answers_have_no_problems() -> None:
@@ -169,6 +173,10 @@ def test_default_answers_have_no_problems() -> None:
         ({"db_max_connections": "3"}, "db_max_connections: 3 is out of range"),
         ({"project_name": "Line\u2028separator"}, "project_name: 'Line\\u2028separator' has a"),
         ({"pool_recycle": "-5"}, "pool_recycle: -5 is out of range"),
+        ({"pool_recycle": "604801"}, "pool_recycle: 604801 is out of range"),
+        ({"pool_timeout": "604801"}, "pool_timeout: 604801 is out of range"),
+        ({"pool_size": "10001"}, "pool_size: 10001 is out of range"),
+        ({"db_max_connections": "262144"}, "db_max_connections: 262144 is out of range"),
         ({"package_name": "class"}, "package_name: 'class' is a Python keyword"),
         ({"package_name": "asyncio"}, "package_name: 'asyncio' would shadow"),
         ({"package_name": "a" * 41}, f"package_name: '{'a' * 41}' is 41 characters long"),
@@ -184,6 +192,25 @@ def test_each_bad_answer_gets_a_line_naming_it(answer: dict, expected: str) -> N
     assert len(problems) == 1
     assert problems[0].startswith(expected)
     assert "accepted:" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"pool_recycle": "14400"},
+        {"pool_recycle": "86400"},
+        {"pool_recycle": "604800"},
+        {"pool_recycle": "-1"},
+        {"pool_timeout": "3600"},
+        {"pool_timeout": "0.25"},
+        {"pool_size": "10000", "max_overflow": "10000", "workers": "10000"},
+        {"db_max_connections": "262143"},
+        BIG_SERVER,
+    ],
+    ids=lambda answer: " ".join(f"{name}={value}" for name, value in answer.items()),
+)
+def test_values_used_in_production_are_accepted(answer: dict) -> None:
+    assert check_answers(DEFAULT_ANSWERS | answer) == ([], [])
 
 
 def test_budget_line_shows_the_arithmetic() -> None:

@@ -40,6 +40,16 @@ def test_common_url_forms_use_the_async_drivers(given: str, used: str) -> None:
     assert make_settings(given).database_url.get_secret_value() == used
 
 
+@pytest.mark.parametrize("seconds", [14400, 86400, 604800])
+def test_pool_recycle_of_hours_to_a_week_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, seconds: int
+) -> None:
+    """4 h and a day are common choices; a week is the most accepted (MAX_SECONDS)."""
+    monkeypatch.setenv("POOL_RECYCLE", str(seconds))
+
+    assert Settings(_env_file=None).pool_recycle == seconds
+
+
 def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
     """Import the app as uvicorn would, in a folder without a .env file."""
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
@@ -56,7 +66,7 @@ def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess
 
 def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
     started = start_app(
-        tmp_path, POOL_SIZE="abc", MAX_OVERFLOW="-5", POOL_TIMEOUT="0", POOL_RECYCLE="100000"
+        tmp_path, POOL_SIZE="abc", MAX_OVERFLOW="-5", POOL_TIMEOUT="0", POOL_RECYCLE="1000000"
     )
 
     assert started.returncode == 1
@@ -66,7 +76,7 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
     assert lines[1].startswith("POOL_SIZE='abc': Input should be a valid integer")
     assert lines[2] == "MAX_OVERFLOW='-5': Input should be greater than or equal to -1"
     assert lines[3] == "POOL_TIMEOUT='0': Input should be greater than 0"
-    assert lines[4] == "POOL_RECYCLE='100000': Input should be less than or equal to 10000"
+    assert lines[4] == "POOL_RECYCLE='1000000': Input should be less than or equal to 604800"
     assert len(lines) == 5
 
 

@@ -26,8 +26,11 @@ POSTGRES_QUERY_KEYS = {
     "passfile",
     "prepared_statement_cache_size",
 }
-# Larger values are typing mistakes, not pool settings.
+# Larger counts are typing mistakes, not pool settings.
 MAX_NUMBER = 10_000
+# Seconds up to a week, the template's limit too: pool_recycle is commonly 1 to 24 hours
+# (3600, 14400, 86400), and more than a week is a typing mistake.
+MAX_SECONDS = 7 * 24 * 3600
 SUPPORTED_URLS = (
     "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
 )
@@ -49,12 +52,12 @@ class Settings(BaseSettings):
     # returned, as SQLAlchemy's own pool does): load that swings around pool_size reuses it
     # instead of opening a new server connection every few requests.
     pool_overflow_idle_timeout: float = Field(
-        default=10.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False
+        default=10.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False
     )
     # Seconds a request waits for a free connection before it fails (503).
-    pool_timeout: float = Field(default={{ cookiecutter.pool_timeout | float }}, gt=0, le=MAX_NUMBER, allow_inf_nan=False)
+    pool_timeout: float = Field(default={{ cookiecutter.pool_timeout | float }}, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Seconds after which a connection is replaced at its next checkout; -1 = never.
-    pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1, le=MAX_NUMBER)
+    pool_recycle: int = Field(default={{ cookiecutter.pool_recycle | int }}, ge=-1, le=MAX_SECONDS)
     # Never hand a request a connection the server has dropped (restart, failover, idle
     # reaping): checked at checkout, pinged after a second idle and before a transaction,
     # reads retried once on a new connection (see pre_ping.py).
@@ -64,12 +67,12 @@ class Settings(BaseSettings):
     workers: int = Field(default={{ cookiecutter.workers | int }}, ge=1, le=MAX_NUMBER)
     # Seconds to open a connection before giving up: a database that is down or silent
     # answers 503 this fast, not after asyncpg's default of 60 s.
-    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_NUMBER, allow_inf_nan=False)
+    connect_timeout: float = Field(default=5.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     # Seconds a statement may run (PostgreSQL cancels it: 504); 0 = no limit. On SQLite, the
     # longest a writer waits for another writer's lock.
-    statement_timeout: float = Field(default=30.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
+    statement_timeout: float = Field(default=30.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     # A request that waits this many seconds for a connection is logged as a warning.
-    pool_wait_warning: float = Field(default=1.0, ge=0, le=MAX_NUMBER, allow_inf_nan=False)
+    pool_wait_warning: float = Field(default=1.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     # "pgbouncer": the URL points at PgBouncer in transaction pooling mode (see README).
     connection_pooler: Literal["none", "pgbouncer"] = {{ cookiecutter.connection_pooler | python_string }}
