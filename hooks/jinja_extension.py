@@ -5,6 +5,7 @@ directory on ``sys.path`` while it renders, which is how it finds ``hooks``.
 """
 
 import atexit
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from jinja2 import Environment
 from jinja2.ext import Extension
 
 from hooks import database_url, replay
-from hooks.validation import check_answers, parse_boolean
+from hooks.validation import check_answer, check_answers, parse_boolean
 
 
 def toml_string(value: object) -> str:
@@ -74,20 +75,66 @@ def database_url_with_placeholder(url: str) -> str:
     return _parsed_url(url).with_placeholder_password
 
 
+def prompted_interactively() -> bool:
+    """Whether the answers are being typed at cookiecutter's prompts, one after the other.
+
+    cookiecutter hands a filter the answers and nothing else, so this asks the running
+    ``cookiecutter.prompt.prompt_for_config()`` call for its ``no_input`` argument; the
+    command line, the Python API, pytest-cookies and cruft all ask their questions
+    through it. Outside it (or if cookiecutter renames it) the answer is no, and every
+    answer is checked after the last one, as with --no-input: later, never skipped.
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        if (
+            frame.f_code.co_name == "prompt_for_config"
+            and frame.f_globals.get("__name__") == "cookiecutter.prompt"
+        ):
+            return not frame.f_locals.get("no_input", True)
+        frame = frame.f_back
+    return False
+
+
+def refuse(problems: list[str]) -> FailedHookException:
+    """The exception that stops the bake, with one line per problem and nothing else.
+
+    cookiecutter's command line prints a FailedHookException's message alone and exits 1,
+    where a failing pre_gen_project hook would be buried under a traceback.
+    """
+    answers = "The answer was" if len(problems) == 1 else "The answers were"
+    return FailedHookException(
+        "\n".join([f"{answers} not accepted, and nothing was written:", *problems])
+    )
+
+
+def check_answer_now(answers: dict, name: str) -> str:
+    """Check the answer just given to ``name``, right after its prompt.
+
+    Rendered from ``cookiecutter.json``'s ``__check_<name>`` key, which follows ``name``.
+    Typed at the prompts, a bad answer stops the bake at once, instead of after every later
+    question has been answered in vain. With --no-input there is nothing to stop early, so
+    its problems wait for ``reject_bad_answers``, which reports them all together. Notices
+    (a URL rewritten for the async driver, ...) are printed either way.
+    """
+    report = check_answer(name, answers)
+    for notice in report.notices:
+        print(notice, file=sys.stderr)
+    if report.problems and prompted_interactively():
+        raise refuse(report.problems)
+    return "checked"
+
+
 def reject_bad_answers(answers: dict) -> str:
     """Stop the bake, before anything is written, when an answer cannot work.
 
-    Rendered from ``cookiecutter.json`` after the last prompt. cookiecutter's command line
-    prints a FailedHookException's message alone and exits 1, where a failing
-    pre_gen_project hook would be buried under a traceback; and the replay file, which
-    would hold every answer, has not been written yet.
+    Rendered from ``cookiecutter.json`` after the last prompt, and so before cookiecutter
+    writes the replay file, which would hold every answer. A --no-input bake's problems
+    are reported here, all at once; at the prompts ``check_answer_now`` has stopped at the
+    first bad answer already. Notices are ``check_answer_now``'s to print.
     """
     report = check_answers(answers)
-    for notice in report.notices:
-        print(notice, file=sys.stderr)
     if report.problems:
-        lines = ["The answers were not accepted, and nothing was written:", *report.problems]
-        raise FailedHookException("\n".join(lines))
+        raise refuse(report.problems)
     replay_file = replay.replay_file_of_this_bake()
     if replay_file is not None and database_url.parse(str(answers["database_url"])).password:
         # The hooks redact it on every path that reaches them; this covers the rest.
@@ -114,6 +161,7 @@ class TemplateExtension(Extension):
         environment.filters["seconds"] = seconds
         environment.filters["public_database_url"] = public_database_url
         environment.filters["database_url_with_placeholder"] = database_url_with_placeholder
+        environment.filters["check_answer_now"] = check_answer_now
         environment.filters["reject_bad_answers"] = reject_bad_answers
         environment.globals["replay_file"] = replay_file
         # The hook scripts run from a temporary copy; this is how they find this package.

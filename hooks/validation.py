@@ -1,12 +1,14 @@
 """Checks on the answers: plain functions that return one line per problem.
 
 Each line names the variable, the value given (never a password) and what is accepted.
+``check_answer`` checks one answer as soon as it is given, ``check_answers`` all of them.
 """
 
 import keyword
 import math
 import re
 import sys
+from collections.abc import Callable
 from typing import NamedTuple
 
 from hooks import database_url
@@ -70,24 +72,36 @@ def parse_seconds(name: str, value: object, low: float, high: float, accepted: s
     return seconds, None
 
 
-def single_line_problems(answers: dict) -> list[str]:
-    found = []
-    for name in ("project_name", "description", "author_name", "author_email"):
-        text = str(answers.get(name, ""))
-        if not text.isprintable():  # line breaks, tabs and other control characters
-            found.append(
-                f"{name}: {text!r} has a line break or control character; accepted: one line"
-            )
-    name = str(answers.get("project_name", ""))
+def line_problems(name: str, text: str) -> list[str]:
+    if not text.isprintable():  # line breaks, tabs and other control characters
+        return [f"{name}: {text!r} has a line break or control character; accepted: one line"]
+    return []
+
+
+def one_line(name: str) -> Callable[[dict], Report]:
+    """The check of a free-text answer that ends up in a one-line field (TOML, a docstring)."""
+    return lambda answers: Report(line_problems(name, str(answers[name])), [])
+
+
+def check_project_name(answers: dict) -> Report:
+    name = str(answers["project_name"])
+    problems = line_problems("project_name", name)
     if not name.strip() or len(name) > MAX_PROJECT_NAME_LENGTH:
-        found.append(
+        problems.append(
             f"project_name: {name!r} is {'empty' if not name.strip() else 'too long'}; "
             f"accepted: 1 to {MAX_PROJECT_NAME_LENGTH} characters"
         )
-    email = str(answers.get("author_email", ""))
+    return Report(problems, [])
+
+
+def check_author_email(answers: dict) -> Report:
+    email = str(answers["author_email"])
+    problems = line_problems("author_email", email)
     if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        found.append(f"author_email: {email!r} is not an email address; accepted: name@example.com")
-    return found
+        problems.append(
+            f"author_email: {email!r} is not an email address; accepted: name@example.com"
+        )
+    return Report(problems, [])
 
 
 def project_slug_problems(slug: str) -> list[str]:
@@ -119,6 +133,11 @@ def package_name_problems(name: str) -> list[str]:
     return []
 
 
+def check_database_url(answers: dict) -> Report:
+    url, notices = database_url.normalise(str(answers["database_url"]))
+    return Report(database_url.problems(url), notices)
+
+
 # Each number answer: how it is read, its lowest and highest values, and what is accepted.
 NUMBER_ANSWERS = {
     "pool_size": (
@@ -144,64 +163,73 @@ NUMBER_ANSWERS = {
 }  # fmt: skip
 
 
+def parse_number(name: str, answers: dict):
+    """The number answered for ``name`` and None, or None and the problem line about it."""
+    parse, low, high, accepted = NUMBER_ANSWERS[name]
+    return parse(name, answers[name], low, high, accepted)
+
+
+def number(name: str) -> Callable[[dict], Report]:
+    def check(answers: dict) -> Report:
+        _, problem = parse_number(name, answers)
+        return Report([problem] if problem else [], [])
+
+    return check
+
+
+def check_max_overflow(answers: dict) -> Report:
+    report = number("max_overflow")(answers)
+    if parse_number("max_overflow", answers)[0] == -1:
+        report.notices.append(
+            "Warning: max_overflow -1 means no limit: under load each worker opens as many "
+            "connections as it has requests waiting, bounded only by the database server"
+        )
+    return report
+
+
 def parse_boolean(value: object) -> bool | None:
     if isinstance(value, bool):
         return value
     return BOOLEAN_WORDS.get(str(value).strip().lower())
 
 
-def check_answers(answers: dict) -> Report:
-    """Every problem with the answers, and the notices worth telling the user."""
-    problems = [
-        *single_line_problems(answers),
-        *project_slug_problems(str(answers["project_slug"])),
-        *package_name_problems(str(answers["package_name"])),
-    ]
-    notices: list[str] = []
-
-    numbers = {}
-    for name, (parse, low, high, accepted) in NUMBER_ANSWERS.items():
-        numbers[name], problem = parse(name, answers[name], low, high, accepted)
-        problems += [problem] if problem else []
-    pool_size, max_overflow = numbers["pool_size"], numbers["max_overflow"]
-    workers, max_connections = numbers["workers"], numbers["db_max_connections"]
+def check_pool_pre_ping(answers: dict) -> Report:
     if parse_boolean(answers["pool_pre_ping"]) is None:
-        problems.append(
-            f"pool_pre_ping: {str(answers['pool_pre_ping'])!r} is not yes or no; accepted: yes, no"
-        )
+        shown = repr(str(answers["pool_pre_ping"]))
+        return Report([f"pool_pre_ping: {shown} is not yes or no; accepted: yes, no"], [])
+    return Report([], [])
 
-    url, url_notices = database_url.normalise(str(answers["database_url"]))
-    url_problems = database_url.problems(url)
-    problems += url_problems
-    notices += url_notices
 
-    if max_overflow == -1:
-        notices.append(
-            "Warning: max_overflow -1 means no limit: under load each worker opens as many "
-            "connections as it has requests waiting, bounded only by the database server"
-        )
+def check_connection_pooler(answers: dict) -> Report:
+    """The pooler, and the connection budget, which needs it and every answer before it."""
     pooler = str(answers.get("connection_pooler", "none"))
+    url, _ = database_url.normalise(str(answers["database_url"]))
     if pooler not in ("none", "pgbouncer"):
-        problems.append(f"connection_pooler: {pooler!r} is not a choice; accepted: none, pgbouncer")
-    elif pooler == "pgbouncer" and not url.startswith("postgresql"):
-        problems.append(
+        problem = f"connection_pooler: {pooler!r} is not a choice; accepted: none, pgbouncer"
+        return Report([problem], [])
+    if pooler == "pgbouncer" and not url.startswith("postgresql"):
+        problem = (
             "connection_pooler: pgbouncer sits in front of PostgreSQL; accepted: none for "
             "SQLite, or a postgresql+asyncpg:// database_url"
         )
-    elif pooler == "pgbouncer":
-        notices.append(
+        return Report([problem], [])
+    if pooler == "pgbouncer":
+        notice = (
             "connection budget: behind PgBouncer the app's connections count against its "
             "max_client_conn; PgBouncer's default_pool_size is what reaches max_connections"
         )
-    elif (
-        None not in (pool_size, max_overflow, workers, max_connections)
-        and not url_problems
-        and url.startswith("postgresql")
-    ):
-        # With no overflow limit, the pools held open must fit all the same.
-        overflow = max(max_overflow, 0)
-        problems += budget_problems(workers, pool_size, overflow, max_connections)
-    return Report(problems, notices)
+        return Report([], [notice])
+    names = ("workers", "pool_size", "max_overflow", "db_max_connections")
+    workers, pool_size, max_overflow, max_connections = (
+        parse_number(name, answers)[0] for name in names
+    )
+    if None in (workers, pool_size, max_overflow, max_connections):
+        return Report([], [])  # the number itself has been reported
+    if database_url.problems(url) or not url.startswith("postgresql"):
+        return Report([], [])
+    # With no overflow limit, the pools held open must fit all the same.
+    overflow = max(max_overflow, 0)
+    return Report(budget_problems(workers, pool_size, overflow, max_connections), [])
 
 
 def budget_problems(workers: int, pool_size: int, max_overflow: int, max_connections: int):
@@ -217,3 +245,44 @@ def budget_problems(workers: int, pool_size: int, max_overflow: int, max_connect
         f"{max(available, 0)}: lower pool_size, max_overflow or workers, or raise "
         "db_max_connections if the server allows more"
     ]
+
+
+# The checks of each answer, in the order cookiecutter asks for them. A check reads its
+# own answer and the ones before it only, never a later one: it runs as soon as its
+# answer is given (cookiecutter.json renders "__check_<name>" right after each prompt), so
+# a check across answers, such as the connection budget, belongs to the last it reads.
+ANSWER_CHECKS: dict[str, Callable[[dict], Report]] = {
+    "project_name": check_project_name,
+    "project_slug": lambda answers: Report(project_slug_problems(str(answers["project_slug"])), []),
+    "package_name": lambda answers: Report(package_name_problems(str(answers["package_name"])), []),
+    "description": one_line("description"),
+    "author_name": one_line("author_name"),
+    "author_email": check_author_email,
+    "database_url": check_database_url,
+    "pool_size": number("pool_size"),
+    "max_overflow": check_max_overflow,
+    "pool_timeout": number("pool_timeout"),
+    "pool_recycle": number("pool_recycle"),
+    "pool_pre_ping": check_pool_pre_ping,
+    "workers": number("workers"),
+    "db_max_connections": number("db_max_connections"),
+    "connection_pooler": check_connection_pooler,
+}
+
+
+def check_answer(name: str, answers: dict) -> Report:
+    """The problems and notices that are known once ``name`` is answered.
+
+    ``answers`` holds that answer and the ones asked before it (later ones may be missing).
+    """
+    return ANSWER_CHECKS[name](answers)
+
+
+def check_answers(answers: dict) -> Report:
+    """Every problem with the answers, and the notices worth telling the user."""
+    report = Report([], [])
+    for name in ANSWER_CHECKS:
+        problems, notices = check_answer(name, answers)
+        report.problems.extend(problems)
+        report.notices.extend(notices)
+    return report

@@ -1,6 +1,8 @@
 """Bakes that must succeed, and what every baked file must look like."""
 
 import ast
+import json
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import pytest
 
 from hooks.validation import NUMBER_ANSWERS, parse_seconds
 
-from .support import bake_with_cli, run
+from .support import TEMPLATE_DIR, bake_with_cli, run
 from .variants import POSTGRES_PASSWORD, POSTGRES_URL_WITH_PASSWORD, VARIANTS
 
 EXPECTED_FILES = [
@@ -33,15 +35,18 @@ EXPECTED_FILES = [
     "src/{package}/database.py",
     "src/{package}/models.py",
     "src/{package}/schemas.py",
-    "src/{package}/routes.py",
-    "src/{package}/health.py",
+    "src/{package}/dependencies.py",
+    "src/{package}/engine.py",
+    "src/{package}/schema.py",
+    "src/{package}/routers/items.py",
+    "src/{package}/routers/health.py",
     "src/{package}/app.py",
     "src/{package}/main.py",
     "tests/conftest.py",
     "tests/support.py",
     "tests/test_items.py",
     "tests/test_health.py",
-    "tests/test_pool.py",
+    "tests/pool/test_pool.py",
 ]
 LEFTOVER_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
 # ruff from the environment running these tests, whether or not it is on PATH.
@@ -154,8 +159,8 @@ def test_without_alembic_no_migration_files_are_left(cookies) -> None:
     assert not (project / "tests" / "test_migrations.py").exists()
     metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
     assert not any(dependency.startswith("alembic") for dependency in metadata["dependencies"])
-    database = (project / "src" / "my_service" / "database.py").read_text()
-    assert "metadata.create_all" in database and "alembic" not in database
+    schema = (project / "src" / "my_service" / "schema.py").read_text()
+    assert "metadata.create_all" in schema and "alembic" not in schema
 
 
 def test_url_without_password_writes_no_env_file(cookies) -> None:
@@ -234,11 +239,12 @@ def test_bad_answer_is_rejected_with_one_clear_line_and_leaves_nothing(
 
 
 def test_every_bad_answer_is_reported_in_one_run(tmp_path: Path) -> None:
+    """With --no-input there is no prompt to stop at: every problem, in the prompts' order."""
     answers = ["pool_size=0", "max_overflow=x", "pool_timeout=0", "database_url=mysql://u@h/d"]
     result, output = bake_with_cli(tmp_path, *answers)
 
     problems = [line.split(":")[0] for line in result.stdout.splitlines()[1:] if line]
-    assert problems == ["pool_size", "max_overflow", "pool_timeout", "database_url"]
+    assert problems == ["database_url", "pool_size", "max_overflow", "pool_timeout"]
     assert list(output.iterdir()) == []
 
 
@@ -295,6 +301,91 @@ def test_the_baked_settings_accept_exactly_the_numbers_the_bake_accepts(tmp_path
             continue
         lowest = {"gt": low} if parse is parse_seconds else {"ge": low}
         assert bounds[name] == lowest | {"le": high}, name
+
+
+# The variables cookiecutter prompts for, in order: the stdin lines of an interactive bake.
+PROMPTED = [
+    key
+    for key in json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+    if not key.startswith("_")
+]
+
+
+def bake_interactively(tmp_path: Path, **typed: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Answer cookiecutter's prompts through stdin as a user does: ``typed`` at the prompts
+    it names, Enter (the default) at the others; stdout and stderr in one stream, in order.
+    """
+    output = tmp_path / "out"
+    output.mkdir()
+    cookiecutter = Path(sys.executable).parent / "cookiecutter"
+    # A wide terminal, so that rich does not wrap a prompt across lines.
+    env = os.environ | {"HOME": str(tmp_path / "home"), "COLUMNS": "300"}
+    env.pop("COOKIECUTTER_CONFIG", None)
+    result = subprocess.run(
+        [str(cookiecutter), str(TEMPLATE_DIR), "-o", str(output)],
+        input="".join(typed.get(name, "") + "\n" for name in PROMPTED),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    return result, output
+
+
+def prompt_number(name: str) -> str:
+    """How cookiecutter numbers the prompt for ``name``: [8/17]."""
+    return f"[{PROMPTED.index(name) + 1}/{len(PROMPTED)}]"
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected", "asked_last"),
+    [
+        ({"project_name": "123 Service"}, "package_name: '123_service' is not", "package_name"),
+        (
+            {"database_url": "mysql://app:hunter2@db/app"},
+            "database_url: 'mysql://app:***@db/app' uses the driver 'mysql'",
+            "database_url",
+        ),
+        ({"pool_size": "0"}, "pool_size: 0 is out of range; accepted: a whole", "pool_size"),
+        ({"pool_recycle": "1.5"}, "pool_recycle: '1.5' is not a whole number", "pool_recycle"),
+        (
+            {"database_url": "postgresql+asyncpg://app@127.0.0.1:5432/app", "workers": "8"},
+            "connection budget: workers x (pool_size + max_overflow) = 8 x (5 + 10) = 120",
+            "connection_pooler",
+        ),
+    ],
+    ids=["package_name", "database_url", "pool_size", "pool_recycle", "connection-budget"],
+)
+def test_bad_answer_at_a_prompt_is_reported_before_the_next_prompt(
+    tmp_path: Path, typed: dict, expected: str, asked_last: str
+) -> None:
+    result, output = bake_interactively(tmp_path, **typed)
+
+    next_prompt = prompt_number(PROMPTED[PROMPTED.index(asked_last) + 1])
+    assert result.returncode == 1, result.stdout
+    assert prompt_number(asked_last) in result.stdout
+    assert expected in result.stdout
+    assert next_prompt not in result.stdout
+    assert "Traceback" not in result.stdout and "hunter2" not in result.stdout
+    (line,) = [line for line in result.stdout.splitlines() if "accepted:" in line]
+    assert line.startswith(expected)
+    assert list(output.iterdir()) == []
+    assert not (tmp_path / "home" / ".cookiecutter_replay").exists()
+
+
+def test_notice_about_an_answer_follows_its_prompt(tmp_path: Path) -> None:
+    typed = {"database_url": "postgres://app@db:5432/app", "pool_recycle": "14400"}
+    result, output = bake_interactively(tmp_path, **typed)
+
+    assert result.returncode == 0, result.stdout
+    notice = result.stdout.index("database_url: postgres:// is used as postgresql+asyncpg://")
+    assert result.stdout.index(prompt_number("database_url")) < notice
+    assert notice < result.stdout.index(prompt_number("pool_size"))
+    settings = (output / "my-service" / "src" / "my_service" / "settings.py").read_text()
+    assert '"postgresql+asyncpg://app@db:5432/app"' in settings
+    assert "default=14400," in settings
 
 
 def test_unlimited_overflow_bakes_with_a_warning(tmp_path: Path) -> None:

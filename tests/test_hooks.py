@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from hooks import database_url, replay
 from hooks.env_file import write_env_file
 from hooks.jinja_extension import python_string, toml_string
-from hooks.validation import check_answers
+from hooks.validation import ANSWER_CHECKS, check_answer, check_answers
 
 from .support import TEMPLATE_DIR, run
 
@@ -256,6 +256,53 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
     problems, _ = check_answers(DEFAULT_ANSWERS | {"pool_size": "x", "pool_timeout": "-1"})
 
     assert [line.split(":")[0] for line in problems] == ["pool_size", "pool_timeout"]
+
+
+COOKIECUTTER_JSON = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())
+PROMPTED = [key for key in COOKIECUTTER_JSON if not key.startswith("_")]
+
+
+def test_cookiecutter_json_checks_each_answer_right_after_its_prompt() -> None:
+    """cookiecutter renders a "__" key where it stands among the prompts, so a check placed
+    right after its variable runs right after that prompt. Dict variables are asked after
+    every other one, so none of them may have a check of its own.
+    """
+    keys = list(COOKIECUTTER_JSON)
+
+    assert [name for name in PROMPTED if name in ANSWER_CHECKS] == list(ANSWER_CHECKS)
+    for name in ANSWER_CHECKS:
+        check = keys[keys.index(name) + 1]
+        assert check == f"__check_{name}"
+        assert COOKIECUTTER_JSON[check] == f"{{{{ cookiecutter | check_answer_now('{name}') }}}}"
+        assert not isinstance(COOKIECUTTER_JSON[name], dict), name
+    assert keys.index("__answers_checked") > keys.index(PROMPTED[-1])
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        DEFAULT_ANSWERS,
+        DEFAULT_ANSWERS | POSTGRES | {"workers": "8"},
+        DEFAULT_ANSWERS | POSTGRES | {"connection_pooler": "pgbouncer", "max_overflow": "-1"},
+        DEFAULT_ANSWERS | {"connection_pooler": "pgbouncer", "pool_size": "x"},
+    ],
+    ids=["defaults", "over-budget", "pgbouncer", "sqlite-pgbouncer"],
+)
+def test_each_check_needs_only_its_answer_and_the_ones_asked_before(answers: dict) -> None:
+    """What lets a check run right after its prompt, before later answers exist."""
+    for name in ANSWER_CHECKS:
+        asked = {key: answers[key] for key in PROMPTED[: PROMPTED.index(name) + 1]}
+
+        assert check_answer(name, asked) == check_answer(name, answers), name
+
+
+def test_budget_is_checked_with_the_last_answer_it_needs() -> None:
+    answers = DEFAULT_ANSWERS | POSTGRES | {"workers": "8"}
+
+    found = {name: check_answer(name, answers).problems for name in ANSWER_CHECKS}
+
+    assert [name for name, problems in found.items() if problems] == ["connection_pooler"]
+    assert found["connection_pooler"][0].startswith("connection budget: ")
 
 
 def test_replay_redaction_drops_the_password_from_answers_and_defaults(tmp_path: Path) -> None:
