@@ -1,50 +1,251 @@
 {% if cookiecutter.use_alembic -%}
-import os
+"""The migrations build the models' tables, and autogenerate writes new ones that are
+ruff-clean as written and run on SQLite and PostgreSQL alike.
+
+They run on every database of the run: a SQLite file, and PostgreSQL when
+``TEST_DATABASE_URL`` names a server.
+"""
+
+import ast
+import json
+import logging
+import shlex
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from sqlalchemy import inspect
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import column, insert, inspect, select, table
+from sqlalchemy.engine import Connection, Inspector
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from .support import PROJECT_DIR
+from {{ cookiecutter.package_name }}.models import Item, UTCDateTime
+
+from .support import PROJECT_DIR, USE_POSTGRES
 
 pytestmark = pytest.mark.anyio
 
+T = TypeVar("T")
 
-def alembic(database_url: str, *arguments: str) -> subprocess.CompletedProcess:
-    """Run the alembic command as a developer would, from the project folder."""
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *arguments],
-        cwd=PROJECT_DIR,
-        env=os.environ | {"DATABASE_URL": database_url},
-        capture_output=True,
+# alembic's command line, for several commands in one process (the app's imports take most
+# of a second): argv[1] is [[database URL, [arguments]], ...]; then modules to import first.
+ALEMBIC = """\
+import importlib, json, os, sys
+from alembic.config import main
+
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+for url, arguments in json.loads(sys.argv[1]):
+    os.environ["DATABASE_URL"] = url
+    main(argv=arguments, prog="alembic")
+"""
+
+# A model as a developer adds one: the app's own column type, server defaults, a unique
+# constraint and a foreign key to the template's table.
+PROBE_MODEL = """\
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, String, UniqueConstraint, func, true
+from sqlalchemy.orm import Mapped, mapped_column
+
+from {{ cookiecutter.package_name }}.models import Base, UTCDateTime
+
+
+class ProbeLabel(Base):
+    __tablename__ = "probe_labels"
+    __table_args__ = (UniqueConstraint("item_id", "label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str] = mapped_column(String(50))
+    labelled_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now())
+    pinned: Mapped[bool] = mapped_column(server_default=true())
+"""
+probe_labels = table(
+    "probe_labels", column("item_id"), column("label"), column("labelled_at", UTCDateTime())
+)
+
+
+@pytest.fixture
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """An empty database of every kind the run has, by dialect name."""
+    urls = {"sqlite": f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"}
+    if USE_POSTGRES:
+        urls["postgresql"] = request.getfixturevalue("database_url")
+    return urls
+
+
+def alembic(cwd: Path, *steps: tuple[str, str], imports: tuple[str, ...] = ()) -> str:
+    """Run ``alembic <command line>`` on each database URL in turn; what it printed."""
+    argv = json.dumps([[url, shlex.split(line)] for url, line in steps])
+    done = subprocess.run(
+        [sys.executable, "-c", ALEMBIC, argv, *imports],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=120,
         check=False,
     )
+    assert done.returncode == 0, done.stdout
+    return done.stdout
 
 
-async def table_names(database_url: str) -> set[str]:
-    engine = create_async_engine(database_url)
+def copy_of_the_project(root: Path) -> Path:
+    """alembic.ini, the migrations and ruff's settings, to write new revisions in."""
+    migrations = PROJECT_DIR / "src" / "{{ cookiecutter.package_name }}" / "migrations"
+    shutil.copytree(migrations, root / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    ini = (PROJECT_DIR / "alembic.ini").read_text(encoding="utf-8")
+    lines = [
+        "script_location = %(here)s/migrations" if line.startswith("script_location") else line
+        for line in ini.splitlines()
+    ]
+    (root / "alembic.ini").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root / "alembic.ini"
+
+
+def body(path: Path) -> str:
+    """upgrade() and downgrade() of a migration, comments and layout left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    functions = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    return "\n".join(ast.dump(function) for function in functions)
+
+
+def ruff(*arguments: str | Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "ruff", *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+async def inspected(url: str, look: Callable[[Inspector], T]) -> T:
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as connection:
-            return set(await connection.run_sync(lambda c: inspect(c).get_table_names()))
+            return await connection.run_sync(lambda sync: look(inspect(sync)))
     finally:
         await engine.dispose()
 
 
-async def test_migrations_upgrade_match_the_models_and_downgrade(database_url: str) -> None:
-    upgraded = alembic(database_url, "upgrade", "head")
-    assert upgraded.returncode == 0, upgraded.stderr
-    assert {"items", "alembic_version"} <= await table_names(database_url)
+async def table_names(url: str) -> set[str]:
+    return set(await inspected(url, Inspector.get_table_names))
 
-    # autogenerate finds nothing to do: the migrations and the models agree.
-    drift = alembic(database_url, "check")
-    assert drift.returncode == 0, drift.stdout + drift.stderr
-    assert "No new upgrade operations detected" in drift.stdout + drift.stderr
 
-    downgraded = alembic(database_url, "downgrade", "base")
-    assert downgraded.returncode == 0, downgraded.stderr
-    assert "items" not in await table_names(database_url)
+async def test_migrations_build_the_models_tables_and_downgrade(
+    databases: dict[str, str],
+) -> None:
+    # `alembic check`: a fresh autogenerate after the upgrade would be empty.
+    lines = ("upgrade head", "check", "downgrade base")
+    printed = alembic(PROJECT_DIR, *[(url, line) for url in databases.values() for line in lines])
+
+    each = len(databases)
+    assert printed.count("Running upgrade  -> 0001, Create the items table") == each, printed
+    assert printed.count("No new upgrade operations detected") == each, printed
+    assert printed.count("Running downgrade 0001 -> , Create the items table") == each, printed
+    for url in databases.values():
+        assert await table_names(url) == {"alembic_version"}
+
+
+async def test_autogenerate_writes_a_ruff_clean_migration_that_runs_everywhere(
+    databases: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "probe_model.py").write_text(PROBE_MODEL, encoding="utf-8")
+    shutil.copy(PROJECT_DIR / "pyproject.toml", tmp_path)  # ruff's settings
+    inis = {name: shlex.quote(str(copy_of_the_project(tmp_path / name))) for name in databases}
+    steps = []
+    for name, url in databases.items():
+        steps += [
+            (url, f"-c {inis[name]} upgrade head"),
+            (url, f"-c {inis[name]} revision --autogenerate -m 'add probe labels'"),
+        ]
+    # Then the one generated on SQLite, on every database.
+    for url in databases.values():
+        steps += [(url, f"-c {inis['sqlite']} upgrade head"), (url, f"-c {inis['sqlite']} check")]
+    printed = alembic(tmp_path, *steps, imports=("probe_model",))
+
+    assert printed.count("Detected added table 'probe_labels'") == len(databases), printed
+    # Then the database and the model agree.
+    assert printed.count("No new upgrade operations detected") == len(databases), printed
+    generated = [
+        next((tmp_path / name / "migrations" / "versions").glob("*_add_probe_labels.py"))
+        for name in databases
+    ]
+    for migration in generated:
+        lint = ruff("check", "--no-cache", migration)
+        assert lint.returncode == 0, lint.stdout + migration.read_text(encoding="utf-8")
+        formatting = ruff("format", "--check", "--no-cache", migration)
+        assert formatting.returncode == 0, formatting.stdout
+        # Nothing of the app's, whose code goes on changing after the migration is written.
+        imported = {
+            (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name)
+            for node in ast.walk(ast.parse(migration.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        }
+        assert {name.split(".")[0] for name in imported} <= {"collections", "sqlalchemy", "alembic"}
+    # The same migration, whichever database it was generated on.
+    assert len({body(migration) for migration in generated}) == 1
+
+    for url in databases.values():
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                rows = await connection.execute(
+                    insert(Item).values(name="x").returning(Item.id, Item.created_at)
+                )
+                item_id, created_at = rows.one()
+                # The server default of the new table, on this database.
+                await connection.execute(insert(probe_labels).values(item_id=item_id, label="a"))
+                labelled_at = await connection.scalar(select(probe_labels.c.labelled_at))
+            with pytest.raises(IntegrityError):  # the unique constraint
+                async with engine.begin() as connection:
+                    await connection.execute(
+                        insert(probe_labels).values(item_id=item_id, label="a")
+                    )
+        finally:
+            await engine.dispose()
+        # The database's clock, in UTC and to the second, on every database.
+        for timestamp in (created_at, labelled_at):
+            assert timestamp.tzinfo is UTC and timestamp.microsecond == 0, timestamp
+        constraints = await inspected(
+            url,
+            lambda i: (
+                [c["name"] for c in i.get_unique_constraints("probe_labels")],
+                [c["name"] for c in i.get_foreign_keys("probe_labels")],
+            ),
+        )
+        assert constraints == (["uq_probe_labels_item_id"], ["fk_probe_labels_item_id_items"])
+
+    ini = inis["sqlite"]
+    alembic(tmp_path, *[(url, f"-c {ini} downgrade -1") for url in databases.values()])
+    for url in databases.values():
+        tables = await table_names(url)
+        assert "items" in tables and "probe_labels" not in tables
+
+
+async def test_migrating_on_the_apps_connection_leaves_its_logging_alone(
+    tmp_path: Path,
+) -> None:
+    """Only the alembic command reads alembic.ini's logging, not the app's startup."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogger("alembic").level)
+    config = Config(str(PROJECT_DIR / "alembic.ini"))  # a file even: the connection decides
+
+    def upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(upgrade)
+    finally:
+        await engine.dispose()
+
+    assert (list(root.handlers), root.level, logging.getLogger("alembic").level) == before
+    assert "items" in await table_names(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
 {%- endif %}
