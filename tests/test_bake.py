@@ -93,9 +93,12 @@ def test_no_blank_line_debris_in_any_file(cookies, context: dict) -> None:
     for path in text_files(project):
         text = path.read_text(encoding="utf-8")
         where = path.relative_to(project)
-        # Two blank lines separate Python definitions; anywhere else one is the most.
+        # Two blank lines separate Python definitions, in a README's Python blocks too;
+        # anywhere else one is the most.
         most_blank_lines = 2 if path.suffix in (".py", ".mako") else 1
-        assert "\n" * (most_blank_lines + 2) not in text, f"{where}: too many blank lines"
+        outside_python = re.sub(r"^```python\n.*?^```$", "(code)", text, flags=re.M | re.S)
+        assert "\n" * (most_blank_lines + 2) not in outside_python, f"{where}: too many blank lines"
+        assert "\n\n\n\n" not in text, f"{where}: too many blank lines"
         assert not text.startswith("\n"), f"{where}: starts with a blank line"
         assert text.endswith("\n") and not text.endswith("\n\n"), f"{where}: bad file ending"
         assert not re.search(r"[ \t]+$", text, re.MULTILINE), f"{where}: trailing whitespace"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import event, make_url, text
+from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -80,13 +80,20 @@ def no_connection_left_checked_out() -> Iterator[None]:
     assert not checked_out, f"{len(checked_out)} connection(s) left checked out: a leak"
 
 
-async def create_tables(url: str) -> None:
-    """The app's own schema step: the migrations, or the models' tables."""
+async def create_tables(url: str) -> list[str]:
+    """The app's own schema step (the migrations, or the models' tables); returns the
+    tables that already hold rows, which the tests would see."""
     database = Database(make_settings(url), Base.metadata)
     try:
         await database.check()
+        async with database.session() as session:
+            counts = {
+                table.name: await session.scalar(select(func.count()).select_from(table))
+                for table in Base.metadata.sorted_tables
+            }
     finally:
         await database.dispose()
+    return [name for name, count in counts.items() if count]
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +103,12 @@ def test_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         url = TEST_DATABASE_URL
     else:
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('database') / 'test.db'}"
-    asyncio.run(create_tables(url))
+    if tables_with_rows := asyncio.run(create_tables(url)):
+        pytest.exit(
+            f"TEST_DATABASE_URL: tables {', '.join(tables_with_rows)} hold rows; the tests "
+            "need empty tables (they roll back their own): use a database for tests only",
+            returncode=1,
+        )
     return url
 
 

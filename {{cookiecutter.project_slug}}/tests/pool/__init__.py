@@ -1,0 +1,1 @@
+"""The pool machinery's tests: marked slow, run by ``pytest --slow``."""
