@@ -25,14 +25,19 @@ from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool, Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
-from {{ cookiecutter.package_name }}.database import Database
-from {{ cookiecutter.package_name }}.dependencies import get_read_session, get_session
+from {{ cookiecutter.package_name }}.database import DATABASE_ERRORS, Database
 from {{ cookiecutter.package_name }}.models import Base
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .support import TEST_DATABASE_URL, USE_POSTGRES, make_settings, serve
+from .support import (
+    TEST_DATABASE_URL,
+    TEST_DATABASE_URL_PROBLEM,
+    USE_POSTGRES,
+    make_settings,
+    serve,
+)
 
 # PostgreSQL's SQLSTATE for "permission denied".
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -44,6 +49,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also run the tests marked slow: the pool machinery's, in tests/pool/",
     )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if TEST_DATABASE_URL_PROBLEM:
+        pytest.exit(TEST_DATABASE_URL_PROBLEM, returncode=1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -103,13 +113,25 @@ def test_database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
         url = TEST_DATABASE_URL
     else:
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('database') / 'test.db'}"
-    if tables_with_rows := asyncio.run(create_tables(url)):
+    try:
+        tables_with_rows = asyncio.run(create_tables(url))
+    except DATABASE_ERRORS as error:
+        pytest.exit(f"TEST_DATABASE_URL cannot be used: {one_line(error)}", returncode=1)
+    if tables_with_rows:
         pytest.exit(
             f"TEST_DATABASE_URL: tables {', '.join(tables_with_rows)} hold rows; the tests "
             "need empty tables (they roll back their own): use a database for tests only",
             returncode=1,
         )
     return url
+
+
+def one_line(error: BaseException) -> str:
+    """The error's type and the first line of the driver's message (no URL, no password)."""
+    cause = getattr(error, "orig", None) or error
+    cause = cause.__cause__ or cause  # the driver's own exception, under SQLAlchemy's adapter
+    first_line = (str(cause).splitlines() or [""])[0]
+    return f"{type(cause).__name__}: {first_line}"
 
 
 def begin_sqlite_transactions_explicitly(connection: Connection) -> None:
@@ -119,57 +141,34 @@ def begin_sqlite_transactions_explicitly(connection: Connection) -> None:
 
 
 @pytest.fixture
-async def session(test_database_url: str) -> AsyncIterator[AsyncSession]:
-    """A session in a transaction that is rolled back when the test ends.
-
-    ``join_transaction_mode="create_savepoint"``: a commit in the code under test
-    releases a SAVEPOINT instead of committing, and a rollback goes back to it.
-    """
-    engine = create_async_engine(test_database_url, poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                await connection.run_sync(begin_sqlite_transactions_explicitly)
-            transaction = await connection.begin()
-            session = AsyncSession(
-                bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
-            )
-            try:
-                yield session
-            finally:
-                await session.close()
-                await transaction.rollback()
-    finally:
-        await engine.dispose()
-
-
-@pytest.fixture
 def settings(test_database_url: str) -> Settings:
     return make_settings(test_database_url)
 
 
 @pytest.fixture
-async def served(
-    settings: Settings, session: AsyncSession
-) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
-    """The app, with its lifespan, whose endpoints get the test's rolled-back session."""
+async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
+    """The app, with its lifespan, and one database transaction for the whole test.
 
-    async def session_of_the_test() -> AsyncIterator[AsyncSession]:
-        # What get_session does: commit when the endpoint returns, roll back if it raises.
-        try:
-            yield session
-        except Exception:
-            await session.rollback()
-            raise
-        await session.commit()
-
-    async def read_session_of_the_test() -> AsyncIterator[AsyncSession]:
-        yield session
-
+    The app's own session factories are bound to a connection of its pool, in a
+    transaction that is rolled back when the test ends; ``join_transaction_mode=
+    "create_savepoint"`` turns each session's transaction into a SAVEPOINT, its commit
+    into a RELEASE and its rollback into a ROLLBACK TO SAVEPOINT. So the endpoints run
+    exactly as in production (SessionDep commits, ReadSessionDep refuses to write), and
+    nothing outlives the test. The requests of a test share that one connection: send
+    them one at a time (concurrent requests are the business of tests/pool/).
+    """
     async with serve(settings) as (app, client):
-        app.dependency_overrides[get_session] = session_of_the_test
-        app.dependency_overrides[get_read_session] = read_session_of_the_test
-        yield app, client
+        database: Database = app.state.database
+        async with database.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                await connection.run_sync(begin_sqlite_transactions_explicitly)
+            transaction = await connection.begin()
+            for factory in (database.session_factory, database.read_session_factory):
+                factory.configure(bind=connection, join_transaction_mode="create_savepoint")
+            try:
+                yield app, client
+            finally:
+                await transaction.rollback()
 
 
 @pytest.fixture
@@ -180,6 +179,17 @@ def app(served: tuple[FastAPI, AsyncClient]) -> FastAPI:
 @pytest.fixture
 def client(served: tuple[FastAPI, AsyncClient]) -> AsyncClient:
     return served[1]
+
+
+@pytest.fixture
+async def session(app: FastAPI) -> AsyncIterator[AsyncSession]:
+    """A session of the app's, in the test's transaction: to add rows before requests, or
+    to look at what they stored. ``await session.commit()`` makes its rows visible to
+    the requests (a RELEASE of its SAVEPOINT; the test's transaction still ends rolled back).
+    """
+    database: Database = app.state.database
+    async with database.session_factory() as session:
+        yield session
 
 
 async def _run_on_server(statement: str) -> None:

@@ -15,6 +15,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.app import create_app
@@ -22,7 +23,21 @@ from {{ cookiecutter.package_name }}.dependencies import SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 from {{ cookiecutter.package_name }}.settings import Settings
 
-TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "")
+
+def _test_database_url() -> tuple[str, str | None]:
+    """``TEST_DATABASE_URL`` as the app would use it (``postgres://`` means asyncpg), or "",
+    and what is wrong with it, if anything (conftest.py stops the run with that line)."""
+    given = os.environ.get("TEST_DATABASE_URL", "")
+    if not given:
+        return "", None
+    try:
+        return Settings(_env_file=None, database_url=given).database_url.get_secret_value(), None
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"].removeprefix("Value error, ")
+        return "", f"TEST_DATABASE_URL: {problem}"
+
+
+TEST_DATABASE_URL, TEST_DATABASE_URL_PROBLEM = _test_database_url()
 # Where uvicorn and alembic run from in the tests that start them as processes.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 USE_POSTGRES = TEST_DATABASE_URL.startswith("postgresql")

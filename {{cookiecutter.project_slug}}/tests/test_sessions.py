@@ -1,0 +1,46 @@
+"""What endpoints get from ``SessionDep`` and ``ReadSessionDep``, in the tests as in production."""
+
+import pytest
+from fastapi import FastAPI
+from httpx import AsyncClient
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep
+from {{ cookiecutter.package_name }}.models import Item
+
+pytestmark = pytest.mark.anyio
+
+
+async def add_item(session: AsyncSession) -> None:
+    session.add(Item(name="through the read session"))
+
+
+async def add_and_flush_item(session: AsyncSession) -> None:
+    session.add(Item(name="through the read session"))
+    await session.flush()
+
+
+async def rename_first_item(session: AsyncSession) -> None:
+    item = await session.scalar(select(Item).limit(1))
+    assert item is not None
+    item.name = "renamed through the read session"
+
+
+@pytest.mark.parametrize("write", [add_item, add_and_flush_item, rename_first_item])
+async def test_a_write_through_the_read_session_is_an_error_and_stores_nothing(
+    app: FastAPI, client: AsyncClient, session: AsyncSession, write
+) -> None:
+    session.add(Item(name="first"))
+    await session.commit()
+
+    @app.post("/write-through-read-session")
+    async def misused(read_session: ReadSessionDep) -> None:
+        await write(read_session)
+
+    response = await client.post("/write-through-read-session")
+
+    assert response.status_code == 500
+    names = (await session.scalars(select(Item.name))).all()
+    assert names == ["first"]
+    assert await session.scalar(select(func.count()).select_from(Item)) == 1
