@@ -21,14 +21,18 @@ from typing import TypeVar
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import column, insert, inspect, select, table
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from sqlalchemy import Column, Integer, column, insert, inspect, select, table, text
 from sqlalchemy.engine import Connection, Inspector
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from {{ cookiecutter.package_name }}.models import Item, UTCDateTime
+from {{ cookiecutter.package_name }} import schema
+from {{ cookiecutter.package_name }}.database import Database
+from {{ cookiecutter.package_name }}.models import Base, Item, UTCDateTime
 
-from .support import PROJECT_DIR, USE_POSTGRES
+from .support import PROJECT_DIR, USE_POSTGRES, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -248,4 +252,39 @@ async def test_migrating_on_the_apps_connection_leaves_its_logging_alone(
 
     assert (list(root.handlers), root.level, logging.getLogger("alembic").level) == before
     assert "items" in await table_names(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
+
+
+async def test_a_migration_at_startup_that_rebuilds_a_table_keeps_the_rows_referring_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a migration rebuilds a table to alter it (batch mode: copy, DROP, rename).
+    With foreign keys enforced, that DROP would delete the rows that refer to the table
+    (ON DELETE CASCADE): the app's startup migration runs with them off (schema.py)."""
+    database = Database(make_settings(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), Base.metadata)
+    try:
+        await database.check()
+        async with database.engine.begin() as connection:
+            await connection.execute(text(
+                "CREATE TABLE notes (id INTEGER PRIMARY KEY,"
+                " item_id INTEGER REFERENCES items (id) ON DELETE CASCADE)"
+            ))  # fmt: skip
+            await connection.execute(text("INSERT INTO items (id, name) VALUES (1, 'kept')"))
+            await connection.execute(text("INSERT INTO notes (id, item_id) VALUES (1, 1)"))
+
+        def rebuild_items(connection: Connection) -> None:
+            operations = Operations(MigrationContext.configure(connection))
+            with operations.batch_alter_table("items", recreate="always") as batch:
+                batch.add_column(Column("extra", Integer()))
+
+        monkeypatch.setattr(schema, "upgrade_to_head", rebuild_items)
+        database.schema_ready = False  # as after a deploy with a new migration
+        await database.check()
+
+        async with database.engine.connect() as connection:
+            notes = (await connection.execute(text("SELECT id, item_id FROM notes"))).all()
+            enforced = await connection.scalar(text("PRAGMA foreign_keys"))
+        assert notes == [(1, 1)]
+        assert enforced == 1  # on again for the requests
+    finally:
+        await database.dispose()
 {%- endif %}

@@ -3,7 +3,8 @@
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep
@@ -44,3 +45,17 @@ async def test_a_write_through_the_read_session_is_an_error_and_stores_nothing(
     names = (await session.scalars(select(Item.name))).all()
     assert names == ["first"]
     assert await session.scalar(select(func.count()).select_from(Item)) == 1
+
+
+async def test_foreign_keys_are_enforced_on_sqlite_as_on_postgresql(
+    session: AsyncSession,
+) -> None:
+    """SQLite checks them only on connections that ask (engine.py); the test's
+    transaction is rolled back, the table with it."""
+    await session.execute(
+        text("CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items (id))")
+    )
+
+    with pytest.raises(IntegrityError):
+        async with session.begin_nested():
+            await session.execute(text("INSERT INTO notes (id, item_id) VALUES (1, 999)"))

@@ -86,7 +86,7 @@ class Database:
         with the server's connection limit, so an app that started while the database was
         down does both once it is back.
         """
-        async with self.engine.begin() as connection:
+        async with self.engine.connect() as connection:
             if self.schema_ready:
                 await connection.execute(text("SELECT 1"))
                 return

@@ -45,6 +45,8 @@ def create_engines(url: URL, settings: Settings) -> Engines:
     transaction_engine.update_execution_options(
         isolation_level=TRANSACTION_ISOLATION[url.get_backend_name()]
     )
+    if url.get_backend_name() == "sqlite":
+        event.listen(read_engine.sync_engine, "connect", enforce_sqlite_foreign_keys)
     if is_sqlite_file(url):
         event.listen(read_engine.sync_engine, "connect", use_sqlite_write_ahead_log)
     return Engines(read_engine, transaction_engine)
@@ -109,6 +111,16 @@ def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
 
 def is_sqlite_file(url: URL) -> bool:
     return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+
+def enforce_sqlite_foreign_keys(dbapi_connection: Any, _: object) -> None:
+    """SQLite checks foreign keys only when asked, per connection: ask, as PostgreSQL does.
+
+    Schema changes turn it off for their duration (schema.py), as SQLite's docs advise.
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 def use_sqlite_write_ahead_log(dbapi_connection: Any, _: object) -> None:

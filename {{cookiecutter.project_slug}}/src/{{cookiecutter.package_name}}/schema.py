@@ -1,7 +1,12 @@
 """Creating the tables: once per database, by whichever worker gets there first."""
 
-{% if cookiecutter.use_alembic -%}
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+{%- if cookiecutter.use_alembic %}
 from pathlib import Path
+{%- endif %}
+
+{% if cookiecutter.use_alembic -%}
 
 from alembic import command
 from alembic.config import Config
@@ -17,8 +22,10 @@ SCHEMA_LOCK_ID = 7_241_857
 
 
 async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None:
-    """Bring the database's tables up to date, in the caller's transaction.
+    """Bring the database's tables up to date, in a transaction of its own.
 
+    ``connection`` must not be in a transaction: on SQLite, foreign keys are turned off
+    first, which SQLite can only do outside one.
 {%- if cookiecutter.use_alembic %}
     Runs the Alembic migrations this database has not seen yet; ``metadata`` is what they
     lead to, and what ``alembic revision --autogenerate`` compares the database with.
@@ -27,14 +34,35 @@ async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None
     an existing table is left as it is.
 {%- endif %}
     """
-    if connection.dialect.name == "postgresql":
-        # Without it, workers starting together race to create the same tables.
-        await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"))
+    async with sqlite_foreign_keys_off(connection), connection.begin():
+        if connection.dialect.name == "postgresql":
+            # Without it, workers starting together race to create the same tables.
+            await connection.execute(text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"))
 {%- if cookiecutter.use_alembic %}
-    await connection.run_sync(upgrade_to_head)
+        await connection.run_sync(upgrade_to_head)
 {%- else %}
-    await connection.run_sync(metadata.create_all)
+        await connection.run_sync(metadata.create_all)
 {%- endif %}
+
+
+@asynccontextmanager
+async def sqlite_foreign_keys_off(connection: AsyncConnection) -> AsyncIterator[None]:
+    """SQLite's advice for schema changes: with foreign keys on, the DROP TABLE of a table
+    rebuilt by a migration (Alembic's batch mode) would delete the rows that refer to it
+    (ON DELETE CASCADE) or fail. The pool's connections have them on (engine.py)."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    enforced = await connection.scalar(text("PRAGMA foreign_keys"))
+    await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    await connection.commit()
+    try:
+        yield
+    finally:
+        await connection.exec_driver_sql(f"PRAGMA foreign_keys={'ON' if enforced else 'OFF'}")
+        await connection.commit()
+
+
 {%- if cookiecutter.use_alembic %}
 
 
