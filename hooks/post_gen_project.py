@@ -26,7 +26,7 @@ if write_env_file(project_dir, url):
         f"The database URL with its password is in {project_dir / '.env'} (git-ignored, "
         "owner-only); tracked files carry it with change-me in place of the password."
     )
-else:
+elif not url.startswith("sqlite"):  # a SQLite file has no server and no password
     print(
         "The database URL has no password; it is the default in settings.py. If the server "
         "needs one, set DATABASE_URL in .env (git-ignored), as .env.example shows."

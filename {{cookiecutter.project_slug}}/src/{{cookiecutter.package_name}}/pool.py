@@ -13,6 +13,7 @@ closes it once it has sat unused that long: what asyncpg's
 """
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -40,6 +41,11 @@ class LingeringOverflowPool(AsyncAdaptedQueuePool):
     # Not keyword-only: create_engine finds the pool's arguments in its positional ones.
     def __init__(self, creator: Any, overflow_idle_timeout: float = 10.0, **kw: Any) -> None:
         super().__init__(creator, **kw)
+        if not self.echo:
+            # SQLAlchemy names a pool's logger after its class's module, which would make
+            # this one the app's and print "Pool recreating" at shutdown; under SQLAlchemy's
+            # own name it stays quiet unless echo_pool asks.
+            self.logger = logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool")
         self.overflow_idle_timeout = overflow_idle_timeout
         # (connection, when it was returned), oldest on the left.
         self._idle_overflow: deque[tuple[ConnectionPoolEntry, float]] = deque()
