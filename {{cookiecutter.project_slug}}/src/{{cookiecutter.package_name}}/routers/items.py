@@ -15,9 +15,9 @@ MAX_ID = 2**31 - 1
 router = APIRouter(prefix="/items", tags=["items"])
 
 # The list is the hottest read, so its statement is built once, with the values as bind
-# parameters: a request then neither builds it nor works out its cache key again
-# (bench/RESULTS.md of the template has the figures). Building the statement inside the
-# endpoint, as most endpoints do, is just as correct.
+# parameters: a request then neither builds it nor works out its cache key again, which
+# saved about a quarter of the read's time in the template's measurement. Building the
+# statement inside the endpoint, as get_item and most endpoints do, is just as correct.
 page_of_items = select(Item).order_by(Item.id).limit(bindparam("limit")).offset(bindparam("offset"))
 
 
