@@ -1,6 +1,8 @@
 """Each variant's baked project passes its own test suite, and baked apps serve over HTTP."""
 
 import json
+import re
+import sys
 import uuid
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -178,3 +180,19 @@ def test_common_postgres_url_forms_bake_into_an_app_that_connects(
         health = exercise_items_api(server.base_url)
 
     assert (health["dialect"], health["driver"]) == ("postgresql", "asyncpg")
+
+
+def test_uv_sync_and_uv_run_pytest_work_in_a_baked_project(cookies, tmp_path: Path) -> None:
+    """The README's uv commands, verbatim: uv makes the venv from PyPI and runs the tests."""
+    project = cookies.bake(extra_context={"git_init": False}).project_path
+    uv = Path(sys.executable).parent / "uv"
+    env = clean_environment(UV_CACHE_DIR=str(tmp_path / "uv-cache"), UV_PYTHON=sys.executable)
+
+    synced = run(uv, "sync", cwd=project, env=env)
+    tested = run(uv, "run", "pytest", "-q", "-p", "no:cacheprovider", cwd=project, env=env)
+
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    assert (project / "uv.lock").is_file()
+    assert tested.returncode == 0, tested.stdout[-3000:]
+    assert re.search(r"\d+ passed, \d+ deselected", tested.stdout), tested.stdout[-500:]
+    assert "failed" not in tested.stdout and "error" not in tested.stdout

@@ -68,6 +68,17 @@ def test_dockerfile_runs_the_app_the_way_readme_says(project: Path) -> None:
     assert dockerfile.index("pip install .") < dockerfile.index("COPY src")
 
 
+def test_pre_commit_runs_the_ruff_of_the_dev_dependencies(project: Path) -> None:
+    """The hook and `ruff check` must agree: the hook's rev is the dev group's lower bound."""
+    hooks = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    groups = tomllib.loads((project / "pyproject.toml").read_text())["dependency-groups"]
+
+    (ruff_repo,) = [repo for repo in hooks["repos"] if "ruff-pre-commit" in repo["repo"]]
+    (ruff,) = [spec for spec in groups["dev"] if spec.startswith("ruff")]
+    assert ruff_repo["rev"] == "v" + ruff.removeprefix("ruff>=")
+    assert any(spec.startswith("pre-commit") for spec in groups["dev"])
+
+
 def test_ci_workflow_runs_the_commands_readme_gives(project: Path) -> None:
     workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
     readme = (project / "README.md").read_text()

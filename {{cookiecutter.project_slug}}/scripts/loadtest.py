@@ -1,6 +1,8 @@
 """Drive the running service at a few concurrencies and say what limits it.
 
-    python scripts/loadtest.py http://127.0.0.1:8000 --clients 1,4,16,64 --seconds 5
+    uv run python scripts/loadtest.py http://127.0.0.1:8000 --clients 1,4,16,64 --seconds 5
+
+(or ``.venv/bin/python scripts/loadtest.py ...`` with pip).
 
 For each number of clients it sends requests for ``--seconds`` (at most ``--max-requests``),
 then prints requests/s, p50/p99 latency, errors, and the pool's peak use read from
