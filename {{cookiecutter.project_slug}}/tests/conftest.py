@@ -153,9 +153,10 @@ async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient
     transaction that is rolled back when the test ends; ``join_transaction_mode=
     "create_savepoint"`` turns each session's transaction into a SAVEPOINT, its commit
     into a RELEASE and its rollback into a ROLLBACK TO SAVEPOINT. So the endpoints run
-    exactly as in production (SessionDep commits, ReadSessionDep refuses to write), and
-    nothing outlives the test. The requests of a test share that one connection: send
-    them one at a time (concurrent requests are the business of tests/pool/).
+    the app's own code (SessionDep commits, ReadSessionDep refuses to write), and
+    nothing outlives the test. What it cannot show: concurrent requests (they would share
+    the one connection: send a test's requests one at a time; tests/pool/ runs them
+    concurrently), and constraints PostgreSQL checks only at COMMIT (DEFERRABLE ones).
     """
     async with serve(settings) as (app, client):
         database: Database = app.state.database
@@ -167,6 +168,8 @@ async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient
                 factory.configure(bind=connection, join_transaction_mode="create_savepoint")
             try:
                 yield app, client
+                # A session left open would hold its SAVEPOINT: in production, a connection.
+                assert connection.get_nested_transaction() is None, "a session was left open"
             finally:
                 await transaction.rollback()
 

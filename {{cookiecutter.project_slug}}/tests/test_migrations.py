@@ -287,4 +287,34 @@ async def test_a_migration_at_startup_that_rebuilds_a_table_keeps_the_rows_refer
         assert enforced == 1  # on again for the requests
     finally:
         await database.dispose()
+
+
+async def test_a_startup_migration_that_leaves_rows_pointing_nowhere_is_rolled_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Foreign keys are off during the startup migration on SQLite; the check before its
+    commit still refuses rows whose parent is gone, as PostgreSQL would."""
+    database = Database(make_settings(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), Base.metadata)
+    try:
+        await database.check()
+        async with database.engine.begin() as connection:
+            await connection.execute(text(
+                "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items (id))"
+            ))  # fmt: skip
+            await connection.execute(text("INSERT INTO items (id, name) VALUES (1, 'kept')"))
+            await connection.execute(text("INSERT INTO notes (id, item_id) VALUES (1, 1)"))
+
+        def delete_the_parent(connection: Connection) -> None:
+            connection.execute(text("DELETE FROM items"))
+
+        monkeypatch.setattr(schema, "upgrade_to_head", delete_the_parent)
+        database.schema_ready = False
+        with pytest.raises(RuntimeError, match="foreign key points nowhere"):
+            await database.check()
+
+        async with database.engine.connect() as connection:
+            items = (await connection.execute(text("SELECT id, name FROM items"))).all()
+        assert items == [(1, "kept")]
+    finally:
+        await database.dispose()
 {%- endif %}

@@ -3,7 +3,7 @@
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
-from sqlalchemy import func, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,10 +28,16 @@ async def rename_first_item(session: AsyncSession) -> None:
     item.name = "renamed through the read session"
 
 
-@pytest.mark.parametrize("write", [add_item, add_and_flush_item, rename_first_item])
-async def test_a_write_through_the_read_session_is_an_error_and_stores_nothing(
+async def insert_item(session: AsyncSession) -> None:
+    await session.execute(insert(Item).values(name="through the read session"))
+
+
+@pytest.mark.parametrize("write", [add_item, add_and_flush_item, rename_first_item, insert_item])
+async def test_a_write_through_the_read_session_is_an_error(
     app: FastAPI, client: AsyncClient, session: AsyncSession, write
 ) -> None:
+    """In the tests as in production (tests/pool/test_trouble.py shows that nothing is
+    stored there; here the test's transaction would hide a stored row)."""
     session.add(Item(name="first"))
     await session.commit()
 
@@ -42,9 +48,6 @@ async def test_a_write_through_the_read_session_is_an_error_and_stores_nothing(
     response = await client.post("/write-through-read-session")
 
     assert response.status_code == 500
-    names = (await session.scalars(select(Item.name))).all()
-    assert names == ["first"]
-    assert await session.scalar(select(func.count()).select_from(Item)) == 1
 
 
 async def test_foreign_keys_are_enforced_on_sqlite_as_on_postgresql(

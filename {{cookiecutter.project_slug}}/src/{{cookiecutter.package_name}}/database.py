@@ -12,14 +12,15 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InvalidRequestError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
 from .engine import create_engines
 from .pool_status import ConnectionCounter, pool_capacity, pool_status
+from .pre_ping import RETRY_READS
+from .read_session import ReadOnlySession
 from .schema import create_schema
 from .settings import Settings
 
@@ -29,17 +30,6 @@ logger = logging.getLogger(__name__)
 # admission timeout, and the raw OSErrors (refused, unknown host, timed out) that asyncpg
 # raises while it connects.
 DATABASE_ERRORS = (SQLAlchemyError, PoolBusyError, DatabaseUnreachableError, OSError)
-
-
-class ReadOnlySession(Session):
-    """The session of ``ReadSessionDep``: its statements run in autocommit mode, one round
-    trip each, so it refuses to flush; anything it was given to write is reported by
-    ``dependencies.get_read_session`` instead of being dropped."""
-
-
-@event.listens_for(ReadOnlySession, "before_flush")
-def refuse_to_write(session: Session, *_: object) -> None:
-    raise InvalidRequestError("this session only reads: use SessionDep in an endpoint that writes")
 
 
 class Database:
@@ -56,7 +46,7 @@ class Database:
         self._schema_lock = asyncio.Lock()
         # str() of a URL masks the password, so ``self.url`` is safe to log.
         self.url = make_url(settings.database_url.get_secret_value())
-        self.read_engine, self.engine = create_engines(self.url, settings)
+        self.read_engine, self.engine, with_pre_ping = create_engines(self.url, settings)
         self.admission = Admission(
             pool_capacity(self.engine.pool), settings.pool_timeout, settings.pool_wait_warning
         )
@@ -71,6 +61,7 @@ class Database:
             sync_session_class=ReadOnlySession,
             autoflush=False,
             close_resets_only=False,
+            info={RETRY_READS: with_pre_ping},
         )
         self.connections = ConnectionCounter(self.engine)
         event.listen(self.engine.sync_engine, "invalidate", log_invalidation)
@@ -112,7 +103,7 @@ class Database:
         """A session for reading, on an autocommit connection: one round trip per statement.
 
         No transaction is begun or rolled back around the statements, so two of them may
-        see different snapshots, and nothing can be written.
+        see different snapshots; it refuses to write (read_session.py).
         """
         async with self._admitted(), self.read_session_factory() as session:
             yield session

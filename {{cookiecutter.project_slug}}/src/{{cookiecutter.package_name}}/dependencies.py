@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .database import Database
+from .read_session import refuse_unsaved_changes
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -36,7 +37,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     The session is closed when the endpoint returns: a background task or a streaming
     response must open its own, ``async with database.session() as session``.
     """
-    database: Database = request.app.state.database
+    database: Database = claim_one_session(request, "SessionDep")
     async with database.session() as session:
         yield session
         await session.commit()
@@ -46,14 +47,26 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
     """A session for endpoints that only read, on an autocommit connection.
 
     Each statement is one round trip, with no BEGIN or ROLLBACK around it; two statements
-    may see different snapshots. It refuses to write: adding, changing or deleting objects
-    through it is an error (a 500), never a 2xx for a write that was not stored.
+    may see different snapshots. It refuses to write (read_session.py): an error, a 500,
+    never a 2xx for a write that was not stored.
     """
-    database: Database = request.app.state.database
+    database: Database = claim_one_session(request, "ReadSessionDep")
     async with database.read_session() as session:
         yield session
-        if session.new or session.dirty or session.deleted:
-            raise RuntimeError("ReadSessionDep cannot write: use SessionDep in this endpoint")
+        refuse_unsaved_changes(session.sync_session)
+
+
+def claim_one_session(request: Request, dependency: str) -> Database:
+    """One session per request: two would each queue for a connection of their own, and
+    with every connection taken by requests holding one, none would get its second."""
+    taken = getattr(request.state, "database_session", None)
+    if taken is not None:
+        raise RuntimeError(
+            f"this request already took {taken}: an endpoint and its dependencies take "
+            "SessionDep or ReadSessionDep, not both (SessionDep reads too)"
+        )
+    request.state.database_session = dependency
+    return request.app.state.database
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

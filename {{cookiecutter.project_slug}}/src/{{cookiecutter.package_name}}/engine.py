@@ -17,13 +17,15 @@ from . import pre_ping
 from .pool import LingeringOverflowPool
 from .settings import Settings
 
-# What the transaction engine switches its connections to: each database's own default.
+# What the transaction engine switches its connections to: PostgreSQL's and SQLite's
+# default levels (a server's default_transaction_isolation is not read).
 TRANSACTION_ISOLATION = {"postgresql": "READ COMMITTED", "sqlite": "SERIALIZABLE"}
 
 
 class Engines(NamedTuple):
     read_engine: AsyncEngine
     transaction_engine: AsyncEngine
+    pre_ping: bool  # whether pre_ping.py's checks are installed
 
 
 def create_engines(url: URL, settings: Settings) -> Engines:
@@ -39,7 +41,8 @@ def create_engines(url: URL, settings: Settings) -> Engines:
     transaction_engine = read_engine.execution_options()
     # An in-memory SQLite database has no server to drop it, and its one connection is the
     # database: never replaced.
-    if settings.pool_pre_ping and isinstance(read_engine.pool, LingeringOverflowPool):
+    with_pre_ping = settings.pool_pre_ping and isinstance(read_engine.pool, LingeringOverflowPool)
+    if with_pre_ping:
         pre_ping.install(read_engine.sync_engine, transaction_engine.sync_engine)
     # After pre_ping's hook, so that its ping runs before the switch to a transaction.
     transaction_engine.update_execution_options(
@@ -49,7 +52,7 @@ def create_engines(url: URL, settings: Settings) -> Engines:
         event.listen(read_engine.sync_engine, "connect", enforce_sqlite_foreign_keys)
     if is_sqlite_file(url):
         event.listen(read_engine.sync_engine, "connect", use_sqlite_write_ahead_log)
-    return Engines(read_engine, transaction_engine)
+    return Engines(read_engine, transaction_engine, with_pre_ping)
 
 
 def pool_options(url: URL, settings: Settings) -> dict[str, Any]:

@@ -9,12 +9,12 @@ three round trips (BEGIN, the ping, ROLLBACK), and it halved the app's reads per
    idle connections all send the client a goodbye that the event loop reads at once. A
    connection that sat idle for a second or more is also pinged, for drops that send
    nothing (a firewall or NAT that forgot the connection).
-2. Reads, on the pool's autocommit connections: a statement that fails because its
-   connection is gone runs again on a fresh connection, once. This is SQLAlchemy's
-   recipe for a "readonly version of transparent reconnect" (FAQ, "How Do I Retry a
-   Statement Execution Automatically?"): a read changes nothing, so running it again is
-   safe. It covers a connection dropped a moment before the read, its goodbye still on
-   the way.
+2. Reads, through ``ReadSessionDep``: a statement that fails because its connection is
+   gone runs again on a fresh connection, once. This is SQLAlchemy's recipe for a
+   "readonly version of transparent reconnect" (FAQ, "How Do I Retry a Statement
+   Execution Automatically?"): a read changes nothing, so running it again is safe, and
+   the read session refuses anything else (read_session.py). It covers a connection
+   dropped a moment before the read, its goodbye still on the way.
 3. Transactions (sessions): a transaction cannot be run again behind the code that made
    it (the same FAQ), so its connection is pinged before the transaction begins: one
    round trip, while the connection is still in autocommit mode.
@@ -26,9 +26,10 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect, Engine
-from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, ExecutionContext
-from sqlalchemy.exc import DisconnectionError, InvalidatePoolError
+from sqlalchemy.engine import Connection, Dialect, Engine, Result
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InvalidatePoolError
+from sqlalchemy.orm import ORMExecuteState
 from sqlalchemy.pool import ConnectionPoolEntry
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ logger = logging.getLogger(__name__)
 PING_AFTER_IDLE_SECONDS = 1.0
 # Keys in the pool entry's info, which lasts as long as its DBAPI connection.
 RETURNED_AT = "returned_at"
+# Key in a read session's info: run a read again once if its connection was gone.
+RETRY_READS = "retry_reads"
 VERIFIED = "verified"  # new, or pinged, at this checkout: no second ping needed
 
 
 def install(read_engine: Engine, transaction_engine: Engine) -> None:
-    """Hook the three checks onto the engines that share one pool (sync engines).
+    """Hook the checks onto the engines that share one pool (sync engines); the read
+    sessions retry their reads when their ``info`` has ``RETRY_READS`` (database.py).
 
     ``read_engine``'s connections are in autocommit mode; ``transaction_engine`` is the
     same pool, and must be given its ``isolation_level`` only after this, so that the ping
@@ -50,9 +54,6 @@ def install(read_engine: Engine, transaction_engine: Engine) -> None:
     """
     event.listen(read_engine, "checkin", remember_when_returned)
     event.listen(read_engine, "checkout", partial(check_on_checkout, read_engine.dialect))
-    # Dialect events: they see the statements of both engines, and pick the reads.
-    event.listen(read_engine, "do_execute", retry_read_on_fresh_connection)
-    event.listen(read_engine, "do_execute_no_params", retry_read_on_fresh_connection)
     event.listen(transaction_engine, "engine_connect", ping_before_transaction)
 
 
@@ -94,53 +95,26 @@ def driver_says_closed(dbapi_connection: DBAPIConnection) -> bool:
     return bool(is_closed and is_closed())
 
 
-def retry_read_on_fresh_connection(
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any = None,
-    context: ExecutionContext | None = None,
-) -> bool:
-    """``do_execute`` hook: run a read; if its connection was gone, once more on a new one.
+def retry_read_once(state: ORMExecuteState) -> Result[Any] | None:
+    """``do_orm_execute`` hook of the read session: a read whose connection was gone runs
+    once more, on a new connection.
 
-    Returns True (executed) for SQLAlchemy's dialect events, or False to leave the
-    statement to SQLAlchemy: statements in a transaction (running them again would lose
-    those before them) and INSERT, UPDATE and DELETE (one that the server ran before the
-    connection dropped would run twice). The pool's own connections are in autocommit
-    mode; the transaction engine sets ``isolation_level`` in its execution options.
+    SQLAlchemy has already discarded the dead connection, and every pooled one opened
+    before it, when the error comes back; the rollback ends the session's transaction on
+    it, and the statement runs again from a fresh checkout. Returns the result, or None
+    (SQLAlchemy then runs the statement itself) for sessions that do not retry.
     """
-    if context is None:  # do_execute_no_params passes the context third
-        context, parameters = parameters, None
-    if context.isinsert or context.isupdate or context.isdelete:
-        return False
-    if context.execution_options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
-        return False
-    connection = context.root_connection
-    dialect = context.dialect
+    if not state.session.info.get(RETRY_READS):
+        return None
     try:
-        _execute(dialect, cursor, statement, parameters, context)
-    except dialect.loaded_dbapi.Error as error:
-        if not dialect.is_disconnect(error, connection.connection.dbapi_connection, cursor):
+        return state.invoke_statement()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
             raise
         logger.warning("A read lost its connection (%s); running it again on a new one",
-                       type(error).__name__)  # fmt: skip
-        discard_connection_and_older(connection, error)
-        connection.rollback()  # SQLAlchemy's own bookkeeping; the driver was in autocommit
-        context.cursor = cursor = connection.connection.cursor()
-        _execute(dialect, cursor, statement, parameters, context)
-    return True
-
-
-def _execute(
-    dialect: Dialect,
-    cursor: DBAPICursor,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext,
-) -> None:
-    if parameters is None:
-        dialect.do_execute_no_params(cursor, statement, context)
-    else:
-        dialect.do_execute(cursor, statement, parameters, context)
+                       type(error.orig).__name__)  # fmt: skip
+        state.session.rollback()
+        return state.invoke_statement()
 
 
 def ping_before_transaction(connection: Connection) -> None:

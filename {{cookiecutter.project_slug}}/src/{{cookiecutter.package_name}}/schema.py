@@ -43,13 +43,28 @@ async def create_schema(connection: AsyncConnection, metadata: MetaData) -> None
 {%- else %}
         await connection.run_sync(metadata.create_all)
 {%- endif %}
+        if connection.dialect.name == "sqlite":
+            await refuse_rows_pointing_nowhere(connection)
+
+
+async def refuse_rows_pointing_nowhere(connection: AsyncConnection) -> None:
+    """With SQLite's checks off, a schema change could leave rows whose foreign key points
+    nowhere: raise ``RuntimeError`` instead, and the change rolls back, as PostgreSQL
+    would have refused it."""
+    orphans = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+    if orphans:
+        table, rowid, parent, _ = orphans[0]
+        raise RuntimeError(
+            f"schema change left {len(orphans)} row(s) whose foreign key points nowhere, "
+            f"first: {table} rowid {rowid} -> {parent}"
+        )
 
 
 @asynccontextmanager
 async def sqlite_foreign_keys_off(connection: AsyncConnection) -> AsyncIterator[None]:
     """SQLite's advice for schema changes: with foreign keys on, the DROP TABLE of a table
-    rebuilt by a migration (Alembic's batch mode) would delete the rows that refer to it
-    (ON DELETE CASCADE) or fail. The pool's connections have them on (engine.py)."""
+    rebuilt to alter it (as Alembic's batch mode does) would delete the rows that refer to
+    it (ON DELETE CASCADE) or fail. The pool's connections have them on (engine.py)."""
     if connection.dialect.name != "sqlite":
         yield
         return

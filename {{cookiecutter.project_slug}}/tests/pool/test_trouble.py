@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from fastapi import BackgroundTasks, FastAPI, HTTPException
@@ -11,13 +11,13 @@ from fastapi.responses import StreamingResponse
 from httpx import AsyncClient
 from sqlalchemy import MetaData, func, insert, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from {{ cookiecutter.package_name }} import pre_ping
 from {{ cookiecutter.package_name }}.database import Database
-from {{ cookiecutter.package_name }}.dependencies import SessionDep
+from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep, SessionDep
 from {{ cookiecutter.package_name }}.models import Item
 
 from ..support import (
@@ -408,22 +408,72 @@ async def test_with_pre_ping_connections_dropped_right_after_a_burst_cost_no_req
 
 
 @requires_postgres
-async def test_with_pre_ping_a_write_on_a_dropped_connection_is_never_run_twice(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+async def test_with_pre_ping_a_read_runs_again_and_its_session_stays_usable(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Only reads are run again: a write might have been stored before the drop."""
+    """The read is run again at the session's level: its transaction ends cleanly, so the
+    session goes on (a second statement, a rollback) as if nothing had happened."""
     monkeypatch.setattr(pre_ping, "driver_says_closed", lambda _: False)
     settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_pre_ping=True)
     async with serve(settings) as (app, client):
         database: Database = app.state.database
-        assert (await client.get("/items")).status_code == 200
+        assert (await client.post("/items", json={"name": "kept"})).status_code == 201
         assert await terminate_app_connections(database_url) == 1
 
-        with pytest.raises(DBAPIError) as raised:
-            async with database.read_session() as session:
-                await session.execute(insert(Item).values(name="autocommit write"))
-        assert raised.value.connection_invalidated
-        assert (await client.get("/items")).json() == []  # the pool healed, nothing stored
+        async with database.read_session() as session:
+            first = (await session.scalars(select(Item.name))).all()
+            await session.rollback()
+            second = (await session.scalars(select(Item.name))).all()
+
+    assert first == second == ["kept"]
+    assert any("running it again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda session: session.execute(insert(Item).values(name="orm insert")),
+        lambda session: session.execute(text("INSERT INTO items (name) VALUES ('raw')")),
+        lambda session: session.execute(
+            text("WITH gone AS (DELETE FROM items RETURNING id) SELECT count(*) FROM gone")
+        ),
+    ],
+    ids=["insert", "text-insert", "with-delete"],
+)
+async def test_the_read_session_refuses_to_write_and_stores_nothing(
+    database_url: str, write: Callable[[AsyncSession], Awaitable[object]]
+) -> None:
+    """Its connection is in autocommit mode: a write would be stored at once, outside any
+    unit of work, and with pre-ping run again after a drop."""
+    async with serve(make_settings(database_url)) as (app, client):
+        assert (await client.post("/items", json={"name": "kept"})).status_code == 201
+
+        @app.post("/misused")
+        async def misused(session: ReadSessionDep) -> None:
+            await write(session)
+
+        response = await client.post("/misused")
+        listed = await client.get("/items")
+
+    assert response.status_code == 500
+    assert [item["name"] for item in listed.json()] == ["kept"]
+
+
+async def test_an_endpoint_takes_one_session(database_url: str) -> None:
+    """Two would each queue for a connection; with every connection taken by requests
+    that hold one, none would get its second (pool_size=1 shows it at once)."""
+    settings = make_settings(database_url, pool_size=1, max_overflow=0, pool_timeout=1)
+    async with serve(settings) as (app, client):
+
+        @app.post("/both")
+        async def both(session: SessionDep, read_session: ReadSessionDep) -> None:
+            session.add(Item(name="never stored"))
+
+        response = await client.post("/both")
+        listed = await client.get("/items")
+
+    assert response.status_code == 500
+    assert listed.json() == []
 
 
 @requires_postgres
