@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from {{ cookiecutter.package_name }}.database import DATABASE_ERRORS, Database
+from {{ cookiecutter.package_name }}.engine import create_engines
 from {{ cookiecutter.package_name }}.models import Base
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -149,7 +150,7 @@ def settings(test_database_url: str) -> Settings:
 async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
     """The app, with its lifespan, and one database transaction for the whole test.
 
-    The app's own session factories are bound to a connection of its pool, in a
+    The app's own session factories are bound to one connection, in a
     transaction that is rolled back when the test ends; ``join_transaction_mode=
     "create_savepoint"`` turns each session's transaction into a SAVEPOINT, its commit
     into a RELEASE and its rollback into a ROLLBACK TO SAVEPOINT. So the endpoints run
@@ -158,20 +159,26 @@ async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient
     the one connection: send a test's requests one at a time; tests/pool/ runs them
     concurrently), and constraints PostgreSQL checks only at COMMIT (DEFERRABLE ones).
     """
-    async with serve(settings) as (app, client):
-        database: Database = app.state.database
-        async with database.engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                await connection.run_sync(begin_sqlite_transactions_explicitly)
-            transaction = await connection.begin()
-            for factory in (database.session_factory, database.read_session_factory):
-                factory.configure(bind=connection, join_transaction_mode="create_savepoint")
-            try:
-                yield app, client
-                # A session left open would hold its SAVEPOINT: in production, a connection.
-                assert connection.get_nested_transaction() is None, "a session was left open"
-            finally:
-                await transaction.rollback()
+    # An engine of the test's own, built as the app builds its: the test's connection has
+    # the app's connect-time settings without taking a connection from the app's pool.
+    engines = create_engines(make_url(settings.database_url.get_secret_value()), settings)
+    try:
+        async with serve(settings) as (app, client):
+            database: Database = app.state.database
+            async with engines.transaction_engine.connect() as connection:
+                if connection.dialect.name == "sqlite":
+                    await connection.run_sync(begin_sqlite_transactions_explicitly)
+                transaction = await connection.begin()
+                for factory in (database.session_factory, database.read_session_factory):
+                    factory.configure(bind=connection, join_transaction_mode="create_savepoint")
+                try:
+                    yield app, client
+                    # A session left open would hold its SAVEPOINT; in production, a connection.
+                    assert connection.get_nested_transaction() is None, "a session was left open"
+                finally:
+                    await transaction.rollback()
+    finally:
+        await engines.read_engine.dispose()
 
 
 @pytest.fixture
