@@ -19,14 +19,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from starlette.types import Receive, Scope, Send
 
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.database import DATABASE_ERRORS, Database
 from {{ cookiecutter.package_name }}.engine import create_engines
 from {{ cookiecutter.package_name }}.models import Base
@@ -37,7 +40,6 @@ from .support import (
     TEST_DATABASE_URL_PROBLEM,
     USE_POSTGRES,
     make_settings,
-    serve,
 )
 
 # PostgreSQL's SQLSTATE for "permission denied".
@@ -146,37 +148,60 @@ def settings(test_database_url: str) -> Settings:
     return make_settings(test_database_url)
 
 
+class OneRequestAtATime:
+    """The requests of a test share its one connection: let them in one at a time, so
+    that a test may send them concurrently (``asyncio.gather``) without interleaving
+    their SAVEPOINTs on it. Concurrency itself is tested in tests/pool/."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.turn = asyncio.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.turn:
+            await self.app(scope, receive, send)
+
+
 @pytest.fixture
 async def served(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
     """The app, with its lifespan, and one database transaction for the whole test.
 
-    The app's own session factories are bound to one connection, in a
-    transaction that is rolled back when the test ends; ``join_transaction_mode=
-    "create_savepoint"`` turns each session's transaction into a SAVEPOINT, its commit
-    into a RELEASE and its rollback into a ROLLBACK TO SAVEPOINT. So the endpoints run
-    the app's own code (SessionDep commits, ReadSessionDep refuses to write), and
-    nothing outlives the test. What it cannot show: concurrent requests (they would share
-    the one connection: send a test's requests one at a time; tests/pool/ runs them
-    concurrently), and constraints PostgreSQL checks only at COMMIT (DEFERRABLE ones).
+    The app's own session factories are bound to one connection, in a transaction that
+    is rolled back when the test ends; ``join_transaction_mode="create_savepoint"`` turns
+    each session's transaction into a SAVEPOINT, its commit into a RELEASE and its
+    rollback into a ROLLBACK TO SAVEPOINT. So the endpoints run the app's own code
+    (SessionDep commits, ReadSessionDep refuses to write), and nothing outlives the test.
+
+    An exception that the app does not turn into a response is raised in the test, with
+    its message, where production would answer 500. What the transaction cannot show:
+    requests truly in parallel (they take turns here; tests/pool/ runs them in parallel
+    on real sessions), constraints PostgreSQL checks only at COMMIT (DEFERRABLE), and a
+    write sent through ``session.connection()`` of a ReadSessionDep, which only the
+    autocommit connection of production refuses.
     """
+    app = create_app(settings)
     # An engine of the test's own, built as the app builds its: the test's connection has
     # the app's connect-time settings without taking a connection from the app's pool.
     engines = create_engines(make_url(settings.database_url.get_secret_value()), settings)
+    transport = ASGITransport(app=OneRequestAtATime(app))
     try:
-        async with serve(settings) as (app, client):
+        async with (
+            LifespanManager(app),
+            AsyncClient(transport=transport, base_url="http://test") as client,
+            engines.transaction_engine.connect() as connection,
+        ):
+            if connection.dialect.name == "sqlite":
+                await connection.run_sync(begin_sqlite_transactions_explicitly)
+            transaction = await connection.begin()
             database: Database = app.state.database
-            async with engines.transaction_engine.connect() as connection:
-                if connection.dialect.name == "sqlite":
-                    await connection.run_sync(begin_sqlite_transactions_explicitly)
-                transaction = await connection.begin()
-                for factory in (database.session_factory, database.read_session_factory):
-                    factory.configure(bind=connection, join_transaction_mode="create_savepoint")
-                try:
-                    yield app, client
-                    # A session left open would hold its SAVEPOINT; in production, a connection.
-                    assert connection.get_nested_transaction() is None, "a session was left open"
-                finally:
-                    await transaction.rollback()
+            for factory in (database.session_factory, database.read_session_factory):
+                factory.configure(bind=connection, join_transaction_mode="create_savepoint")
+            try:
+                yield app, client
+                # A session left open would hold its SAVEPOINT; in production, a connection.
+                assert connection.get_nested_transaction() is None, "a session was left open"
+            finally:
+                await transaction.rollback()
     finally:
         await engines.read_engine.dispose()
 

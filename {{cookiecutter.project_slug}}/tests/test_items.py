@@ -1,3 +1,4 @@
+import asyncio
 import re
 
 import pytest
@@ -90,3 +91,12 @@ async def test_invalid_item_is_422_and_not_stored(client: AsyncClient, body: dic
 
     assert response.status_code == 422
     assert (await client.get("/items")).json() == []
+
+
+async def test_requests_sent_together_all_succeed(client: AsyncClient) -> None:
+    created = await asyncio.gather(
+        *(client.post("/items", json={"name": f"item-{n}"}) for n in range(5))
+    )
+
+    assert [response.status_code for response in created] == [201] * 5
+    assert len((await client.get("/items")).json()) == 5

@@ -15,6 +15,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
 from . import pre_ping
 from .pool import LingeringOverflowPool
+from .read_session import refuse_writes_in_autocommit
 from .settings import Settings
 
 # What the transaction engine switches its connections to: PostgreSQL's and SQLite's
@@ -38,6 +39,8 @@ def create_engines(url: URL, settings: Settings) -> Engines:
         hide_parameters=True,
         **pool_options(url, settings),
     )
+    # Before anything runs: the autocommit connections (the read session's) only read.
+    event.listen(read_engine.sync_engine, "before_cursor_execute", refuse_writes_in_autocommit)
     transaction_engine = read_engine.execution_options()
     # An in-memory SQLite database has no server to drop it, and its one connection is the
     # database: never replaced.

@@ -2,15 +2,18 @@
 
 Its connection is in autocommit mode, so each statement is one round trip, and a write
 would be stored at once, outside any unit of work. So it refuses every way to write: a
-flush (``session.add`` then a query, or ``flush()``), ORM or Core INSERT, UPDATE and
-DELETE statements, and ``text()`` that is not a SELECT; objects added, changed or deleted
-and never flushed are reported when the request ends (``dependencies.py``). Each refusal
-is an error, a 500: never a 2xx for a write that was stored in part, or not at all.
+flush (``session.add`` then a query, or ``flush()``), and on its connection any statement
+but a SELECT, sent through the session, ``session.connection()`` or ``text()``; objects
+added, changed or deleted and never flushed are reported when the request ends
+(``dependencies.py``). Each refusal is an error, a 500: never a 2xx for a write that was
+stored in part, or not at all.
 """
 
 import re
 
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import ExecutionContext
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import TextClause
@@ -33,6 +36,8 @@ def refuse_to_flush(*_: object) -> None:
 
 @event.listens_for(ReadOnlySession, "do_orm_execute")
 def refuse_write_statements(state: ORMExecuteState) -> None:
+    """Statements sent through the session: refused before they are compiled, whatever
+    connection the session has (in the tests, one in a transaction)."""
     statement = state.statement
     if isinstance(statement, TextClause):
         writes = not READ_STATEMENT.match(statement.text)
@@ -42,7 +47,26 @@ def refuse_write_statements(state: ORMExecuteState) -> None:
         raise InvalidRequestError(REFUSAL)
 
 
-# After the refusal: only reads are ever run again.
+def refuse_writes_in_autocommit(
+    connection: Connection,
+    cursor: object,
+    statement: str,
+    parameters: object,
+    context: ExecutionContext,
+    executemany: bool,
+) -> None:
+    """``before_cursor_execute`` hook of the pool's engines (engine.py): on a connection in
+    autocommit mode, the read session's, only a SELECT runs, however it was sent (also
+    through ``session.connection()``); sessions in a transaction pass."""
+    if context.execution_options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
+        return
+    if context.isinsert or context.isupdate or context.isdelete:
+        raise InvalidRequestError(REFUSAL)
+    if not READ_STATEMENT.match(statement):
+        raise InvalidRequestError(REFUSAL)
+
+
+# Reads only (the hook above refuses the rest) are run again after a dropped connection.
 event.listen(ReadOnlySession, "do_orm_execute", pre_ping.retry_read_once)
 
 

@@ -429,16 +429,22 @@ async def test_with_pre_ping_a_read_runs_again_and_its_session_stays_usable(
     assert any("running it again" in r.getMessage() for r in caplog.records)
 
 
+async def insert_through_the_connection(session: AsyncSession) -> None:
+    connection = await session.connection()
+    await connection.execute(insert(Item).values(name="through the connection"))
+
+
 @pytest.mark.parametrize(
     "write",
     [
         lambda session: session.execute(insert(Item).values(name="orm insert")),
         lambda session: session.execute(text("INSERT INTO items (name) VALUES ('raw')")),
+        lambda session: insert_through_the_connection(session),
         lambda session: session.execute(
             text("WITH gone AS (DELETE FROM items RETURNING id) SELECT count(*) FROM gone")
         ),
     ],
-    ids=["insert", "text-insert", "with-delete"],
+    ids=["insert", "text-insert", "connection-insert", "with-delete"],
 )
 async def test_the_read_session_refuses_to_write_and_stores_nothing(
     database_url: str, write: Callable[[AsyncSession], Awaitable[object]]
