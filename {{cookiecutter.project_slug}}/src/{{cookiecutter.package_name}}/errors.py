@@ -5,8 +5,10 @@
   connection slots left, is read-only after a failover, or dropped the connection; or a
   transaction lost a race and may simply be retried). Nothing was written.
 - 504: a statement ran past ``STATEMENT_TIMEOUT`` and was cancelled.
-- 409: the request conflicts with the data (a constraint was violated); nothing was written.
-- Anything else is a bug and stays a 500.
+- 409: the request conflicts with the stored data (a unique, foreign key or exclusion
+  constraint); nothing was written.
+- Anything else is a bug and stays a 500: a NOT NULL or CHECK violation among them, since
+  it means the API let through input its schemas should have refused (a 422).
 """
 
 import logging
@@ -34,6 +36,10 @@ UNAVAILABLE_CLASSES = ("08", "53")
 UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "57P04", "57P05", "25006", "40001", "40P01"}
 # SQLite's words for the same (its errors carry no SQLSTATE).
 SQLITE_UNAVAILABLE = ("database is locked", "unable to open database file")
+# Integrity errors that are conflicts with the stored data: unique, foreign key and
+# exclusion violations (PostgreSQL's SQLSTATEs; SQLite's words).
+CONFLICT_CODES = {"23505", "23503", "23P01"}
+SQLITE_CONFLICTS = ("UNIQUE constraint failed", "FOREIGN KEY constraint failed")
 
 
 def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
@@ -66,6 +72,12 @@ async def pool_busy(request: Request, error: Exception) -> JSONResponse:
 
 
 async def integrity_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, IntegrityError)
+    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
+    if sqlstate not in CONFLICT_CODES and not any(
+        words in str(error.orig) for words in SQLITE_CONFLICTS
+    ):
+        raise error  # NOT NULL, CHECK: input the schemas should have refused, a bug
     # The client's conflict, not the server's fault: no stack trace in the log.
     logger.info("Conflict on %s %s: %s", request.method, request.url.path, describe(error))
     return error_response(409, "conflict", "The request conflicts with the stored data.")

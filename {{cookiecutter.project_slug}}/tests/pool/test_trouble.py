@@ -246,6 +246,27 @@ async def test_commit_that_fails_is_a_409_and_stores_nothing(
 # Error mapping
 
 
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("INSERT INTO items (name) VALUES (NULL)", 500),
+        ("INSERT INTO items (id, name) VALUES (1, 'a'), (1, 'b')", 409),
+    ],
+    ids=["not-null-is-a-bug", "duplicate-is-a-conflict"],
+)
+async def test_only_conflicts_with_stored_data_are_409s(
+    app: FastAPI, client: AsyncClient, statement: str, expected: int
+) -> None:
+    @app.post("/raw-insert")
+    async def raw_insert(session: SessionDep) -> None:
+        await session.execute(text(statement))
+
+    response = await client.post("/raw-insert")
+
+    assert response.status_code == expected
+    assert await count_items(app) == 0
+
+
 async def test_programming_error_is_a_500_not_a_misleading_503(
     app: FastAPI, client: AsyncClient
 ) -> None:
