@@ -58,11 +58,8 @@ def refuse_writes_in_autocommit(
     """``before_cursor_execute`` hook of the pool's engines (engine.py): on a connection in
     autocommit mode, the read session's, only a SELECT runs, however it was sent (also
     through ``session.connection()``); sessions in a transaction pass."""
-    if context.execution_options.get("isolation_level", "AUTOCOMMIT") != "AUTOCOMMIT":
-        return
-    if context.isinsert or context.isupdate or context.isdelete:
-        raise InvalidRequestError(REFUSAL)
-    if not READ_STATEMENT.match(statement):
+    in_autocommit = context.execution_options.get("isolation_level", "AUTOCOMMIT") == "AUTOCOMMIT"
+    if in_autocommit and not READ_STATEMENT.match(statement):
         raise InvalidRequestError(REFUSAL)
 
 
