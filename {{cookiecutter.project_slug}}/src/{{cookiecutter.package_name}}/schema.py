@@ -84,7 +84,9 @@ async def sqlite_foreign_keys_off(connection: AsyncConnection) -> AsyncIterator[
 def upgrade_to_head(connection: Connection) -> None:
     """Apply the Alembic migrations that this database has not seen yet."""
     config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    # Alembic's options are ConfigParser values: a "%" in the project's path must be "%%".
+    migrations = str(Path(__file__).parent / "migrations").replace("%", "%%")
+    config.set_main_option("script_location", migrations)
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
 {%- endif %}
