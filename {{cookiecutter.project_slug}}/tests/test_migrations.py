@@ -13,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from pathlib import Path
 from typing import TypeVar
@@ -254,12 +254,10 @@ async def test_migrating_on_the_apps_connection_leaves_its_logging_alone(
     assert "items" in await table_names(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}")
 
 
-async def test_a_migration_at_startup_that_rebuilds_a_table_keeps_the_rows_referring_to_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On SQLite a migration rebuilds a table to alter it (batch mode: copy, DROP, rename).
-    With foreign keys enforced, that DROP would delete the rows that refer to the table
-    (ON DELETE CASCADE): the app's startup migration runs with them off (schema.py)."""
+@pytest.fixture
+async def item_with_a_note(tmp_path: Path) -> AsyncIterator[Database]:
+    """The app's database on a SQLite file, migrated, with an item and a note that refers
+    to it (ON DELETE CASCADE), as a user's own table would."""
     database = Database(make_settings(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), Base.metadata)
     try:
         await database.check()
@@ -270,51 +268,51 @@ async def test_a_migration_at_startup_that_rebuilds_a_table_keeps_the_rows_refer
             ))  # fmt: skip
             await connection.execute(text("INSERT INTO items (id, name) VALUES (1, 'kept')"))
             await connection.execute(text("INSERT INTO notes (id, item_id) VALUES (1, 1)"))
-
-        def rebuild_items(connection: Connection) -> None:
-            operations = Operations(MigrationContext.configure(connection))
-            with operations.batch_alter_table("items", recreate="always") as batch:
-                batch.add_column(Column("extra", Integer()))
-
-        monkeypatch.setattr(schema, "upgrade_to_head", rebuild_items)
-        database.schema_ready = False  # as after a deploy with a new migration
-        await database.check()
-
-        async with database.engine.connect() as connection:
-            notes = (await connection.execute(text("SELECT id, item_id FROM notes"))).all()
-            enforced = await connection.scalar(text("PRAGMA foreign_keys"))
-        assert notes == [(1, 1)]
-        assert enforced == 1  # on again for the requests
+        yield database
     finally:
         await database.dispose()
+
+
+async def test_a_migration_at_startup_that_rebuilds_a_table_keeps_the_rows_referring_to_it(
+    item_with_a_note: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite a migration rebuilds a table to alter it (batch mode: copy, DROP, rename).
+    With foreign keys enforced, that DROP would delete the rows that refer to the table
+    (ON DELETE CASCADE): the app's startup migration runs with them off (schema.py)."""
+    database = item_with_a_note
+
+    def rebuild_items(connection: Connection) -> None:
+        operations = Operations(MigrationContext.configure(connection))
+        with operations.batch_alter_table("items", recreate="always") as batch:
+            batch.add_column(Column("extra", Integer()))
+
+    monkeypatch.setattr(schema, "upgrade_to_head", rebuild_items)
+    database.schema_ready = False  # as after a deploy with a new migration
+    await database.check()
+
+    async with database.engine.connect() as connection:
+        notes = (await connection.execute(text("SELECT id, item_id FROM notes"))).all()
+        enforced = await connection.scalar(text("PRAGMA foreign_keys"))
+    assert notes == [(1, 1)]
+    assert enforced == 1  # on again for the requests
 
 
 async def test_a_startup_migration_that_leaves_rows_pointing_nowhere_is_rolled_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    item_with_a_note: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Foreign keys are off during the startup migration on SQLite; the check before its
     commit still refuses rows whose parent is gone, as PostgreSQL would."""
-    database = Database(make_settings(f"sqlite+aiosqlite:///{tmp_path / 'app.db'}"), Base.metadata)
-    try:
+    database = item_with_a_note
+
+    def delete_the_parent(connection: Connection) -> None:
+        connection.execute(text("DELETE FROM items"))
+
+    monkeypatch.setattr(schema, "upgrade_to_head", delete_the_parent)
+    database.schema_ready = False
+    with pytest.raises(RuntimeError, match="foreign key points nowhere"):
         await database.check()
-        async with database.engine.begin() as connection:
-            await connection.execute(text(
-                "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items (id))"
-            ))  # fmt: skip
-            await connection.execute(text("INSERT INTO items (id, name) VALUES (1, 'kept')"))
-            await connection.execute(text("INSERT INTO notes (id, item_id) VALUES (1, 1)"))
 
-        def delete_the_parent(connection: Connection) -> None:
-            connection.execute(text("DELETE FROM items"))
-
-        monkeypatch.setattr(schema, "upgrade_to_head", delete_the_parent)
-        database.schema_ready = False
-        with pytest.raises(RuntimeError, match="foreign key points nowhere"):
-            await database.check()
-
-        async with database.engine.connect() as connection:
-            items = (await connection.execute(text("SELECT id, name FROM items"))).all()
-        assert items == [(1, "kept")]
-    finally:
-        await database.dispose()
+    async with database.engine.connect() as connection:
+        items = (await connection.execute(text("SELECT id, name FROM items"))).all()
+    assert items == [(1, "kept")]
 {%- endif %}
