@@ -4,8 +4,11 @@ The pattern is SQLAlchemy's own (``sqlalchemy.engine.url._parse_url``), so a URL
 exactly where the baked app will cut it; the pieces stay percent-encoded as typed.
 """
 
+import importlib.util
 import re
+from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import parse_qsl
 
 SUPPORTED_FORMS = (
     "postgresql+asyncpg://user:password@host:5432/dbname, "
@@ -28,15 +31,17 @@ ASYNC_SCHEMES = {
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
 
-# URL query keys that SQLAlchemy's asyncpg dialect hands to asyncpg.connect() as valid
-# strings; others (connect_timeout, application_name, ...) would stop the app at start.
-POSTGRES_QUERY_KEYS = (
-    "ssl",
-    "host",
-    "target_session_attrs",
-    "passfile",
-    "prepared_statement_cache_size",
-)
+# The baked app's own reading of a URL's parameters (standard library only, no template
+# syntax), run here as it is, so that a URL is accepted when baking exactly when the app
+# accepts it at startup.
+PARAMETERS_FILE = (
+    Path(__file__).resolve().parents[1] / "{{cookiecutter.project_slug}}" / "src"
+    / "{{cookiecutter.package_name}}" / "connection_parameters.py"
+)  # fmt: skip
+_spec = importlib.util.spec_from_file_location("baked_connection_parameters", PARAMETERS_FILE)
+assert _spec is not None and _spec.loader is not None
+connection_parameters = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(connection_parameters)
 
 _URL_PATTERN = re.compile(
     r"""
@@ -109,15 +114,22 @@ def normalise(url: str) -> tuple[str, list[str]]:
     if scheme != parsed.scheme:
         notices.append(f"database_url: {parsed.scheme}:// is used as {scheme}://")
         parsed = parsed._replace(scheme=scheme)
-    if parsed.query and re.search(r"(^|&)sslmode=", parsed.query):
-        # libpq's name for it; asyncpg takes the same values as "ssl" (which wins if given).
-        if re.search(r"(^|&)ssl=", parsed.query):
-            query = re.sub(r"(^|&)sslmode=[^&]*", "", parsed.query).lstrip("&")
-        else:
-            query = re.sub(r"(^|&)sslmode=", r"\1ssl=", parsed.query)
-        parsed = parsed._replace(query=query or None)
-        notices.append("database_url: sslmode= is used as asyncpg's ssl=")
+    if scheme == "postgresql+asyncpg":
+        notices += [f"database_url: {note}" for note in query_parameters(parsed).notes]
     return parsed.full, notices
+
+
+def query_parameters(parsed: DatabaseUrl):
+    """The query read as the baked app reads it (its connection_parameters.py)."""
+    query: dict[str, str | tuple[str, ...]] = {}
+    # Parsed as SQLAlchemy's make_url parses it: parse_qsl, repeated keys as a tuple.
+    for key, value in parse_qsl(parsed.query or ""):
+        if key in query:
+            previous = query[key]
+            query[key] = (*((previous,) if isinstance(previous, str) else previous), value)
+        else:
+            query[key] = value
+    return connection_parameters.read_parameters(query)
 
 
 def mask(text: str) -> str:
@@ -171,15 +183,5 @@ def problems(url: str) -> list[str]:
             f"database_url: {shown!r} names no database; accepted: "
             "postgresql+asyncpg://user:password@host:5432/dbname"
         )
-    keys = [pair.partition("=")[0] for pair in (parsed.query or "").split("&") if pair]
-    if "password" in keys:
-        found.append(
-            "database_url: the password is in the query string, where it would be logged; "
-            "accepted: postgresql+asyncpg://user:password@host:5432/dbname"
-        )
-    elif unknown := [key for key in keys if key not in POSTGRES_QUERY_KEYS]:
-        found.append(
-            f"database_url: the query parameter(s) {', '.join(unknown)} would stop asyncpg "
-            f"from connecting; accepted: {', '.join(POSTGRES_QUERY_KEYS)} (sslmode is read as ssl)"
-        )
+    found += [f"database_url: {problem}" for problem in query_parameters(parsed).problems]
     return found

@@ -403,7 +403,10 @@ def test_unlimited_overflow_bakes_with_a_warning(tmp_path: Path) -> None:
     ("typed", "used"),
     [
         ("postgres://app:hunter2@db:5432/app", "postgresql+asyncpg://app:change-me@db:5432/app"),
-        ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
+        (
+            "postgresql://app@db/app?sslmode=require&connect_timeout=10",
+            "postgresql+asyncpg://app@db/app?sslmode=require&connect_timeout=10",
+        ),
         ("postgresql+psycopg://app@db/app", "postgresql+asyncpg://app@db/app"),
         ("sqlite:///./data/app.db", "sqlite+aiosqlite:///./data/app.db"),
     ],

@@ -94,34 +94,65 @@ def test_unencoded_at_is_refused_without_showing_any_part_of_the_password(url: s
 
 
 @pytest.mark.parametrize(
-    ("query", "accepted"),
+    ("query", "problem"),
     [
-        ("ssl=require&target_session_attrs=primary", True),
-        ("host=/var/run/postgresql", True),
-        ("connect_timeout=10", False),
-        ("application_name=svc", False),
+        ("ssl=require&target_session_attrs=primary", None),
+        ("host=/var/run/postgresql", None),
+        ("host=h1:5432&host=h2:5432&target_session_attrs=read-write", None),
+        ("connect_timeout=10", None),
+        ("application_name=svc&options=-c%20search_path%3Dapp", None),
+        ("sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem&sslcert=c.crt&sslkey=c.key", None),
+        ("sslmode=require&channel_binding=require", None),
+        ("gssencmode=disable&sslcompression=0&client_encoding=UTF8", None),
+        ("ssl=maybe", "ssl=maybe: accepted: true, false, or one of libpq's sslmode values"),
+        ("sslmode=required", "sslmode=required is not a mode; accepted: disable, allow,"),
+        ("connect_timeout=0", "connect_timeout=0: accepted: seconds above 0"),
+        ("connect_timeout=ten", "connect_timeout=ten: accepted: seconds above 0"),
+        ("sslrootcert=system&sslmode=require", "sslrootcert=system needs sslmode=verify-full"),
+        ("options=-E", "options=-E: accepted: -c name=value switches"),
+        ("client_encoding=LATIN1", "client_encoding=LATIN1: asyncpg speaks UTF8 only"),
+        ("gssencmode=require", "gssencmode=require: asyncpg cannot encrypt with GSSAPI"),
+        ("keepalives_idle=30", "keepalives_idle: remove it: asyncpg sets no TCP keepalives"),
+        ("target_session_attrs=master", "target_session_attrs=master: accepted: any,"),
+        ("pgbouncer=true", "for PgBouncer set CONNECTION_POOLER=pgbouncer"),
+        ("sslmode=require&sslmode=disable", "sslmode is given 2 times; give it once"),
+        ("sslmod=require", "sslmod is not a connection parameter this app knows"),
     ],
 )
-def test_only_query_parameters_asyncpg_takes_are_accepted(query: str, accepted: bool) -> None:
+def test_url_parameters_are_honoured_or_refused_in_one_line(query: str, problem) -> None:
+    """The baked app's own reading (connection_parameters.py) decides; see its tests."""
     url = f"postgresql+asyncpg://app@db/app?{query}"
 
     problems, _ = check_answers(DEFAULT_ANSWERS | {"database_url": url})
 
-    assert (problems == []) is accepted
+    if problem is None:
+        assert problems == []
+    else:
+        (line,) = problems
+        assert line.startswith("database_url: ")
+        assert problem in line
+
+
+def test_parameters_asyncpg_cannot_honour_but_that_only_harden_are_dropped_with_a_note():
+    url, notices = database_url.normalise(
+        "postgresql://app@db/app?sslmode=require&channel_binding=require"
+    )
+
+    assert url == "postgresql+asyncpg://app@db/app?sslmode=require&channel_binding=require"
+    (note,) = [notice for notice in notices if "channel_binding" in notice]
+    assert note.startswith("database_url: channel_binding=require is dropped:")
+    assert "sslmode=verify-full" in note
 
 
 @pytest.mark.parametrize(
     ("typed", "used"),
     [
-        (
-            "postgresql://u@h/db?ssl=require&sslmode=verify-full",
-            "postgresql+asyncpg://u@h/db?ssl=require",
-        ),
+        ("postgresql://u@h/db?ssl=true", "postgresql+asyncpg://u@h/db?ssl=true"),
         ("postgres://u:pw@h/db", "postgresql+asyncpg://u:pw@h/db"),
         ("postgresql://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db"),
         ("postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db"),
-        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?sslmode=require"),
         ("sqlite:///./app.db", "sqlite+aiosqlite:///./app.db"),
         ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
     ],

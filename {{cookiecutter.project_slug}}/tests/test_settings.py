@@ -26,12 +26,15 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
         ("postgres://app:pw@db/app", "postgresql+asyncpg://app:pw@db/app"),
         ("postgresql://app:pw@db:5433/app", "postgresql+asyncpg://app:pw@db:5433/app"),
         ("postgresql+psycopg://app@db/app", "postgresql+asyncpg://app@db/app"),
-        ("postgresql://app@db/app?sslmode=require", "postgresql+asyncpg://app@db/app?ssl=require"),
+        (
+            "postgresql://app@db/app?sslmode=require&channel_binding=require",
+            "postgresql+asyncpg://app@db/app?channel_binding=require&sslmode=require",
+        ),
         ("sqlite:///./local.db", "sqlite+aiosqlite:///./local.db"),
         ("postgresql+asyncpg://app:p%40ss@db/app", "postgresql+asyncpg://app:p%40ss@db/app"),
         (
-            "postgresql://app@db/app?ssl=require&sslmode=disable",
-            "postgresql+asyncpg://app@db/app?ssl=require",
+            "postgresql://app@db/app?ssl=true&connect_timeout=10",
+            "postgresql+asyncpg://app@db/app?connect_timeout=10&ssl=true",
         ),
         ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
     ],
@@ -90,9 +93,23 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
         ("postgresql+asyncpg://app:hunter2@db:99999/app", "port must be a number from 1 to 65535"),
         ("sqlite+aiosqlite://hunter2@db/app.db", "a SQLite URL names no host"),
         (
-            "postgresql+asyncpg://app:hunter2@db/app?connect_timeout=10",
-            "asyncpg takes no connect_timeout",
+            "postgresql+asyncpg://app:hunter2@db/app?sslmode=required",
+            "sslmode=required is not a mode; accepted: disable, allow, prefer, require,",
         ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?ssl=require&sslmode=disable",
+            "ssl=require and sslmode=disable disagree; give only sslmode",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?sslmode=verify-full&sslrootcert=/nowhere/ca.pem",
+            "sslrootcert=/nowhere/ca.pem: cannot be read (No such file or directory)",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?connect_timeout=0",
+            "connect_timeout=0: accepted: seconds above 0",
+        ),
+        ("postgresql+asyncpg://app:hunter2@db/app?keepalives=1", "keepalives: remove it"),
+        ("postgresql+asyncpg://app:hunter2@db/app?sslmod=require", "sslmod is not a connection"),
     ],
 )
 def test_bad_database_url_stops_the_app_without_showing_it(

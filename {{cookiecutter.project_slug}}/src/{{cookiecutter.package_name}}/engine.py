@@ -6,6 +6,7 @@ same pool; it switches the connection it takes to a transaction at the database'
 isolation level, for sessions that write and for schema changes.
 """
 
+import logging
 from typing import Any, NamedTuple
 
 from sqlalchemy import event
@@ -14,9 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, QueuePool
 
 from . import pre_ping
+from .connection_parameters import SQLALCHEMY_PARAMETERS, read_parameters, tls_arguments
 from .pool import LingeringOverflowPool
 from .read_session import refuse_writes_in_autocommit
 from .settings import Settings
+
+logger = logging.getLogger(__name__)
 
 # What the transaction engine switches its connections to: PostgreSQL's and SQLite's
 # default levels (a server's default_transaction_isolation is not read).
@@ -30,9 +34,17 @@ class Engines(NamedTuple):
 
 
 def create_engines(url: URL, settings: Settings) -> Engines:
-    """The two engines over one pool, with pre-ping installed when the settings ask for it."""
+    """The two engines over one pool, with pre-ping installed when the settings ask for it.
+
+    Raises ``ValueError`` (one line per problem) when the URL's parameters cannot be used,
+    which ``Settings`` has refused already.
+    """
+    if url.get_backend_name() == "postgresql":
+        for note in read_parameters(url.query).notes:
+            logger.warning("DATABASE_URL: %s", note)
     read_engine = create_async_engine(
-        url,
+        # The parameters read by connection_parameters.py reach asyncpg as connect_args.
+        url.difference_update_query(set(url.query) - set(SQLALCHEMY_PARAMETERS)),
         isolation_level="AUTOCOMMIT",
         connect_args=connect_args(url, settings),
         # Error messages would otherwise quote the values of a failed statement.
@@ -93,16 +105,24 @@ def pool_options(url: URL, settings: Settings) -> dict[str, Any]:
 
 
 def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
-    """Timeouts for the driver, so that no request waits on the database without bound."""
+    """asyncpg's arguments: the URL's parameters (connection_parameters.py), and timeouts,
+    so that no request waits on the database without bound."""
     if url.get_backend_name() == "sqlite":
         # sqlite3's busy timeout: how long a writer waits for another writer's lock.
         return {"timeout": settings.statement_timeout or settings.pool_timeout}
-    args: dict[str, Any] = {"timeout": settings.connect_timeout}
+    parameters = read_parameters(url.query)
+    if parameters.problems:
+        raise ValueError("\n".join(parameters.problems))
+    # The URL's connect_timeout, if it gives one, wins over CONNECT_TIMEOUT: it is the more
+    # specific of the two.
+    args: dict[str, Any] = {"timeout": settings.connect_timeout} | parameters.connect_args
+    args |= tls_arguments(parameters.tls)
     server_settings = {"application_name": "{{ cookiecutter.package_name }}"}
+    server_settings |= parameters.server_settings
     if settings.statement_timeout:
         # The client gives up a little after the server would have, in case the server
         # itself has gone silent.
-        args["command_timeout"] = settings.statement_timeout + settings.connect_timeout
+        args["command_timeout"] = settings.statement_timeout + args["timeout"]
     if settings.connection_pooler == "pgbouncer":
         # Transaction pooling runs each transaction on whichever server connection is free,
         # so no prepared statement may outlive one: asyncpg's cache and SQLAlchemy's off.

@@ -12,19 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .connection_parameters import read_parameters, tls_arguments
+
 # The async driver the app uses for each database, whatever driver a URL names.
 ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "postgresql": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
-}
-# URL query keys that asyncpg.connect() takes as strings; others stop it from connecting.
-POSTGRES_QUERY_KEYS = {
-    "ssl",
-    "host",
-    "target_session_attrs",
-    "passfile",
-    "prepared_statement_cache_size",
 }
 # Larger counts are typing mistakes, not pool settings.
 MAX_NUMBER = 10_000
@@ -83,7 +77,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def use_async_driver(cls, value: SecretStr) -> SecretStr:
-        """Accept the URL forms people paste (postgres://, sslmode=) for the async drivers.
+        """Accept the URL forms people paste (postgres://, libpq's parameters) for the
+        async drivers; refuse, one line each, what asyncpg could not connect with.
 
         The messages never quote the URL: it may hold the password.
         """
@@ -104,18 +99,14 @@ class Settings(BaseSettings):
         if driver.startswith("sqlite") and (url.host or url.username or url.port):
             raise ValueError("a SQLite URL names no host: sqlite+aiosqlite:///path/to/app.db")
         if driver.startswith("postgresql"):
-            unknown = sorted(set(url.query) - POSTGRES_QUERY_KEYS - {"sslmode"})
-            if unknown:
-                accepted = ", ".join(sorted(POSTGRES_QUERY_KEYS))
-                raise ValueError(f"asyncpg takes no {', '.join(unknown)}; accepted: {accepted}")
-        if driver == url.drivername and "sslmode" not in url.query:
+            # Each parameter asyncpg cannot be given, and each file it could not read.
+            parameters = read_parameters(url.query)
+            if parameters.problems:
+                raise ValueError("\n".join(parameters.problems))
+            tls_arguments(parameters.tls)
+        if driver == url.drivername:
             return value  # as given: re-rendering would percent-encode it anew
-        url = url.set(drivername=driver)
-        if "sslmode" in url.query:
-            # libpq's name for it; asyncpg takes the same values as "ssl" (which wins if given).
-            ssl = url.query.get("ssl", url.query["sslmode"])
-            url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": ssl})
-        return SecretStr(url.render_as_string(hide_password=False))
+        return SecretStr(url.set(drivername=driver).render_as_string(hide_password=False))
 
 
 def load_settings() -> Settings:
@@ -128,5 +119,6 @@ def load_settings() -> Settings:
             name = str(problem["loc"][0]).upper()
             # The URL is never shown: it may hold the password.
             shown = name if name == "DATABASE_URL" else f"{name}={problem['input']!r}"
-            lines.append(f"{shown}: {problem['msg'].removeprefix('Value error, ')}")
+            message = problem["msg"].removeprefix("Value error, ")
+            lines += [f"{shown}: {line}" for line in message.splitlines()]
         sys.exit("\n".join(lines))
