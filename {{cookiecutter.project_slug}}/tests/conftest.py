@@ -25,7 +25,7 @@ from httpx import ASGITransport, AsyncClient
 from sqlalchemy import event, func, make_url, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +40,7 @@ from .support import (
     TEST_DATABASE_URL_PROBLEM,
     USE_POSTGRES,
     make_settings,
+    plain_engine,
 )
 
 # PostgreSQL's SQLSTATE for "permission denied".
@@ -228,7 +229,7 @@ async def session(app: FastAPI) -> AsyncIterator[AsyncSession]:
 
 
 async def _run_on_server(statement: str) -> None:
-    engine = create_async_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
+    engine = plain_engine(TEST_DATABASE_URL, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as connection:
             await connection.execute(text(statement))
@@ -261,7 +262,7 @@ async def database_url(postgres_url: str | None, tmp_path: Path) -> AsyncIterato
         return
     yield postgres_url
     # Everything the test made goes, the tables of tests' own included.
-    engine = create_async_engine(postgres_url)
+    engine = plain_engine(postgres_url)
     try:
         async with engine.begin() as connection:
             await connection.execute(text("DROP SCHEMA public CASCADE"))

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,10 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from {{ cookiecutter.package_name }} import engine
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.dependencies import SessionDep
 from {{ cookiecutter.package_name }}.models import Item
@@ -51,6 +55,17 @@ requires_postgres = pytest.mark.skipif(
 def make_settings(database_url: str, **overrides: object) -> Settings:
     """Settings for a test: the given values, then environment variables, never a local .env."""
     return Settings(_env_file=None, database_url=database_url, **overrides)
+
+
+def plain_engine(database_url: str, **options: Any) -> AsyncEngine:
+    """An engine of a test's own (no app pool machinery) that connects as the app does, so
+    the URL's parameters (sslmode, connect_timeout, ...) apply to it too."""
+    url = make_url(database_url)
+    connect_args = engine.connect_args(url, make_settings(database_url))
+    if "server_settings" in connect_args:
+        # Not the app's name: tests count the app's connections by it.
+        connect_args["server_settings"]["application_name"] = "tests"
+    return create_async_engine(engine.engine_url(url), connect_args=connect_args, **options)
 
 
 @asynccontextmanager

@@ -43,8 +43,7 @@ def create_engines(url: URL, settings: Settings) -> Engines:
         for note in read_parameters(url.query).notes:
             logger.warning("DATABASE_URL: %s", note)
     read_engine = create_async_engine(
-        # The parameters read by connection_parameters.py reach asyncpg as connect_args.
-        url.difference_update_query(set(url.query) - set(SQLALCHEMY_PARAMETERS)),
+        engine_url(url),
         isolation_level="AUTOCOMMIT",
         connect_args=connect_args(url, settings),
         # Error messages would otherwise quote the values of a failed statement.
@@ -68,6 +67,15 @@ def create_engines(url: URL, settings: Settings) -> Engines:
     if is_sqlite_file(url):
         event.listen(read_engine.sync_engine, "connect", use_sqlite_write_ahead_log)
     return Engines(read_engine, transaction_engine, with_pre_ping)
+
+
+def engine_url(url: URL) -> URL:
+    """``url`` without the parameters ``connect_args`` passes to asyncpg in its own way.
+
+    SQLAlchemy would hand each of them to ``asyncpg.connect()`` under its libpq name,
+    which asyncpg refuses; those it handles itself (several hosts) stay.
+    """
+    return url.difference_update_query(set(url.query) - set(SQLALCHEMY_PARAMETERS))
 
 
 def pool_options(url: URL, settings: Settings) -> dict[str, Any]:

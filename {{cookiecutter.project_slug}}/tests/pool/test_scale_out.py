@@ -4,11 +4,10 @@ import time
 import httpx
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep
 
-from ..support import make_settings, requires_postgres, serve, uvicorn_server
+from ..support import make_settings, plain_engine, requires_postgres, serve, uvicorn_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -17,7 +16,7 @@ WORKERS, POOL_SIZE, MAX_OVERFLOW = 2, 2, 1
 
 async def peak_app_connections(database_url: str, until: asyncio.Event) -> int:
     """The most connections the app held at once, sampled from pg_stat_activity."""
-    admin = create_async_engine(database_url, pool_size=1)
+    admin = plain_engine(database_url, pool_size=1)
     peak = 0
     try:
         async with admin.connect() as connection:
