@@ -11,7 +11,7 @@ from .database import DATABASE_ERRORS, Database
 from .errors import add_error_handlers, describe
 from .models import Base
 from .routers import health, items
-from .settings import Settings, load_settings
+from .settings import Settings, has_placeholder_password, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database = Database(settings, Base.metadata)
         app.state.database = database
         logger.info("Database %s, pool %s", database.url, database.pool_status())
+        if has_placeholder_password(settings):
+            logger.warning(
+                "DATABASE_URL still has the placeholder password: set the real one in .env "
+                "or the environment"
+            )
         try:
             await database.check()
         except DATABASE_ERRORS as error:

@@ -1,10 +1,12 @@
-"""Runtime configuration, read from environment variables and a ``.env`` file.
+"""Runtime configuration, read from environment variables and the project's ``.env`` file.
 
 Each field can be overridden by an environment variable of the same name in upper case
 (``DATABASE_URL``, ``POOL_SIZE``, ...); the defaults are the answers given at bake time.
 """
 
+import os
 import sys
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -29,9 +31,44 @@ SUPPORTED_URLS = (
     "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
 )
 
+# Names the settings file to read instead of the project's .env, for deployments.
+ENV_FILE_VARIABLE = "ENV_FILE"
+# Where this package is: src/<package> in the project, or an installation's site-packages.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def env_file(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The settings file: the one ``ENV_FILE`` names, else the project's ``.env``.
+
+    pydantic-settings reads a relative ``env_file`` from the current directory, so
+    ``env_file=".env"`` would miss the project's file when the app or alembic starts
+    elsewhere: the path is anchored to the project, the folder above ``src/<package>``
+    that holds pyproject.toml. Installed without the source tree (site-packages, a
+    container image) there is no project file: environment variables and the defaults
+    apply, or the file ``ENV_FILE`` names. pydantic-settings skips a missing file
+    silently: a missing ``ENV_FILE`` stops the process with one line instead.
+    """
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named:
+        path = Path(named).absolute()  # relative to the current directory, as typed
+        if not path.is_file():
+            problem = "no such file" if not path.exists() else "not a file"
+            sys.exit(
+                f"{ENV_FILE_VARIABLE}={named!r}: {problem} ({ENV_FILE_VARIABLE} names the "
+                "settings file to read instead of the project's .env)"
+            )
+        return path
+    project = package_dir.parent.parent
+    if package_dir.parent.name == "src" and (project / "pyproject.toml").is_file():
+        return project / ".env"
+    return None
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    # The file is found when this module is imported, from ENV_FILE or the package's place.
+    model_config = SettingsConfigDict(
+        env_file=env_file(), env_file_encoding="utf-8", extra="ignore"
+    )
 
     # A secret so that repr(), logs and validation errors never show the password.
     database_url: SecretStr = SecretStr(
@@ -122,3 +159,14 @@ def load_settings() -> Settings:
             message = problem["msg"].removeprefix("Value error, ")
             lines += [f"{shown}: {line}" for line in message.splitlines()]
         sys.exit("\n".join(lines))
+
+
+# The password that tracked files (.env.example, the defaults above) carry in the URL in
+# place of the real one, which goes to the git-ignored .env only.
+PLACEHOLDER_PASSWORD = "change-me"
+
+
+def has_placeholder_password(settings: Settings) -> bool:
+    """Whether DATABASE_URL still carries the placeholder instead of a real password."""
+    url = make_url(settings.database_url.get_secret_value())
+    return url.password == PLACEHOLDER_PASSWORD

@@ -47,7 +47,7 @@ from sqlalchemy.sql.elements import (
 from sqlalchemy.sql.functions import Function
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from {{ cookiecutter.package_name }}.engine import connect_args
+from {{ cookiecutter.package_name }}.engine import connect_args, engine_url
 from {{ cookiecutter.package_name }}.models import Base
 from {{ cookiecutter.package_name }}.settings import load_settings
 
@@ -157,12 +157,33 @@ def sql(element: ClauseElement, dialect: Any) -> str | None:
         return None
 
 
+# What migrations compare and write, on a connection or as SQL.
+MIGRATION_OPTIONS: dict[str, Any] = {
+    "target_metadata": Base.metadata,
+    "render_item": render_item,
+    "render_as_batch": True,
+}
+
+
 def run_migrations(connection: Connection) -> None:
+    context.configure(connection=connection, **MIGRATION_OPTIONS)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_offline() -> None:
+    """``alembic upgrade head --sql``: the SQL printed for a DBA, from the URL alone.
+
+    Alembic's offline mode ("Generating SQL Scripts"): given a URL instead of a connection,
+    it renders for that URL's dialect. No engine is built, so nothing connects and no
+    SQLite file is created; values are written into the SQL (``literal_binds``). On
+    SQLite, a batch operation that rebuilds a table cannot be rendered without a
+    connection (Alembic reflects the table first, and stops saying so): apply that one
+    with ``alembic upgrade``.
+    """
+    url = make_url(load_settings().database_url.get_secret_value())
     context.configure(
-        connection=connection,
-        target_metadata=Base.metadata,
-        render_item=render_item,
-        render_as_batch=True,
+        url=url, literal_binds=True, dialect_opts={"paramstyle": "named"}, **MIGRATION_OPTIONS
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -171,7 +192,9 @@ def run_migrations(connection: Connection) -> None:
 async def run_migrations_online() -> None:
     settings = load_settings()
     url = make_url(settings.database_url.get_secret_value())
-    engine = create_async_engine(url, poolclass=NullPool, connect_args=connect_args(url, settings))
+    engine = create_async_engine(
+        engine_url(url), poolclass=NullPool, connect_args=connect_args(url, settings)
+    )
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_migrations)
@@ -181,13 +204,15 @@ async def run_migrations_online() -> None:
 
 
 config = context.config
+if config.cmd_opts is not None and config.config_file_name is not None:
+    # The alembic command (only it sets cmd_opts): alembic.ini's logging sections make it
+    # say what it does. A program calling Alembic's API, as the app migrating at startup,
+    # keeps its own logging. disable_existing_loggers=False: the app's modules keep theirs.
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 shared_connection = config.attributes.get("connection")
 if shared_connection is not None:
-    # The app, migrating at startup on its own connection: its logging stays as it is.
-    run_migrations(shared_connection)
+    run_migrations(shared_connection)  # the app's startup migration, on its connection
+elif context.is_offline_mode():  # --sql
+    run_migrations_offline()
 else:
-    # The alembic command: alembic.ini's logging sections make it say what it does.
-    if config.config_file_name is not None:
-        # disable_existing_loggers=False: the app's modules imported above keep theirs.
-        fileConfig(config.config_file_name, disable_existing_loggers=False)
     asyncio.run(run_migrations_online())
