@@ -7,6 +7,7 @@ They run on every database of the run: a SQLite file, and PostgreSQL when
 """
 
 import ast
+import io
 import json
 import logging
 import shlex
@@ -75,6 +76,8 @@ class ProbeLabel(Base):
 probe_labels = table(
     "probe_labels", column("item_id"), column("label"), column("labelled_at", UTCDateTime())
 )
+# A folder name with what paths may hold and ConfigParser, shells or URLs treat specially.
+AWKWARD_FOLDER = "100% $HOME 'q' \"d\" \u00e9 #;x"
 
 
 @pytest.fixture
@@ -107,8 +110,10 @@ def copy_of_the_project(root: Path) -> Path:
     migrations = PROJECT_DIR / "src" / "{{ cookiecutter.package_name }}" / "migrations"
     shutil.copytree(migrations, root / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
     ini = (PROJECT_DIR / "alembic.ini").read_text(encoding="utf-8")
+    # The copy's own migrations: an absolute path, '%' escaped for ConfigParser.
+    location = str(root / "migrations").replace("%", "%%")
     lines = [
-        "script_location = %(here)s/migrations" if line.startswith("script_location") else line
+        f"script_location = {location}" if line.startswith("script_location") else line
         for line in ini.splitlines()
     ]
     (root / "alembic.ini").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -160,7 +165,9 @@ async def test_autogenerate_writes_a_ruff_clean_migration_that_runs_everywhere(
 ) -> None:
     (tmp_path / "probe_model.py").write_text(PROBE_MODEL, encoding="utf-8")
     shutil.copy(PROJECT_DIR / "pyproject.toml", tmp_path)  # ruff's settings
-    inis = {name: shlex.quote(str(copy_of_the_project(tmp_path / name))) for name in databases}
+    # In folders whose names hold '%' and the like, as a project's path may.
+    copies = {name: tmp_path / f"{name} {AWKWARD_FOLDER}" for name in databases}
+    inis = {name: shlex.quote(str(copy_of_the_project(copies[name]))) for name in databases}
     steps = []
     for name, url in databases.items():
         steps += [
@@ -176,7 +183,7 @@ async def test_autogenerate_writes_a_ruff_clean_migration_that_runs_everywhere(
     # Then the database and the model agree.
     assert printed.count("No new upgrade operations detected") == len(databases), printed
     generated = [
-        next((tmp_path / name / "migrations" / "versions").glob("*_add_probe_labels.py"))
+        next((copies[name] / "migrations" / "versions").glob("*_add_probe_labels.py"))
         for name in databases
     ]
     for migration in generated:
@@ -229,6 +236,34 @@ async def test_autogenerate_writes_a_ruff_clean_migration_that_runs_everywhere(
     for url in databases.values():
         tables = await table_names(url)
         assert "items" in tables and "probe_labels" not in tables
+
+
+def test_sql_for_a_dba_is_rendered_from_the_url_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``alembic upgrade head --sql`` (Alembic's offline mode) builds no engine: nothing
+    connects to PostgreSQL (nothing listens on port 1) and no SQLite file is created."""
+    database_file = tmp_path / "app.db"
+    urls = {
+        "sqlite": f"sqlite+aiosqlite:///{database_file}",
+        "postgresql": "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:1/app",
+    }
+    rendered = {}
+    for name, url in urls.items():
+        monkeypatch.setenv("DATABASE_URL", url)
+        sql = io.StringIO()
+        config = Config(str(PROJECT_DIR / "alembic.ini"), output_buffer=sql)
+        command.upgrade(config, "head", sql=True)
+        rendered[name] = sql.getvalue()
+
+    assert not database_file.exists()
+    for name, sql in rendered.items():
+        assert "CREATE TABLE items" in sql, name
+        assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in sql, name
+    # For each URL's own database.
+    assert "created_at TIMESTAMP WITH TIME ZONE" in rendered["postgresql"]
+    assert "created_at DATETIME" in rendered["sqlite"]
+    assert "s3cret-pw" not in rendered["postgresql"]
 
 
 async def test_migrating_on_the_apps_connection_leaves_its_logging_alone(

@@ -1,3 +1,4 @@
+import logging
 import os
 import subprocess
 import sys
@@ -5,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.settings import Settings, load_settings
+from {{ cookiecutter.package_name }}.settings import Settings, env_file, load_settings
 
-from .support import make_settings
+from .support import PROJECT_DIR, make_settings, serve
 
 
 def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +130,119 @@ def test_bad_database_url_stops_the_app_without_showing_it(
     assert expected in line
     assert "hunter2" not in message
     assert "ter2" not in message
+
+
+# Settings variables a test's own process must not inherit from the run's environment.
+SETTINGS_VARIABLES = ("ENV_FILE", "DATABASE_URL", "POOL_SIZE")
+
+
+def settings_seen_from(cwd: Path, **environment: str) -> subprocess.CompletedProcess:
+    """Import the settings in a process of their own, started in ``cwd``, as uvicorn or
+    alembic started there would; it prints the file read and two settings."""
+    code = (
+        "from {{ cookiecutter.package_name }}.settings import Settings\n"
+        "settings = Settings()\n"
+        "print(Settings.model_config['env_file'])\n"
+        "print(settings.pool_size)\n"
+        "print(settings.database_url.get_secret_value())\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env | environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_projects_env_file_is_read_from_any_working_directory(tmp_path: Path) -> None:
+    """pydantic-settings reads a relative env_file from the working directory: the app
+    started elsewhere (``cd / && uvicorn ...``) would miss the project's .env, or read
+    another one. The path is anchored to the project instead."""
+    (tmp_path / ".env").write_text("POOL_SIZE=4321\n", encoding="utf-8")  # not the project's
+
+    seen = settings_seen_from(tmp_path)
+
+    assert seen.returncode == 0, seen.stderr
+    env_file, pool_size, _ = seen.stdout.splitlines()
+    assert env_file == str(PROJECT_DIR / ".env")
+    assert pool_size != "4321"
+
+
+def test_env_file_names_the_settings_file_read_instead(tmp_path: Path) -> None:
+    """For deployments: ENV_FILE, relative to the working directory as typed, replaces
+    the project's .env."""
+    (tmp_path / "production.env").write_text(
+        "POOL_SIZE=7\nDATABASE_URL=postgresql+asyncpg://app:s3cret@db.internal:5432/app\n",
+        encoding="utf-8",
+    )
+
+    seen = settings_seen_from(tmp_path, ENV_FILE="production.env")
+
+    assert seen.returncode == 0, seen.stderr
+    env_file, pool_size, database_url = seen.stdout.splitlines()
+    assert env_file == str(tmp_path / "production.env")
+    assert pool_size == "7"
+    assert database_url == "postgresql+asyncpg://app:s3cret@db.internal:5432/app"
+
+
+@pytest.mark.parametrize("named", ["missing.env", "."], ids=["missing", "a-directory"])
+def test_an_env_file_that_is_not_there_stops_the_app_with_one_line(
+    tmp_path: Path, named: str
+) -> None:
+    """pydantic-settings skips a missing env file silently; a deployment that names one
+    must not run on the defaults instead. (The app, the alembic command and the tests
+    stop the same way: when they import the settings.)"""
+    started = settings_seen_from(tmp_path, ENV_FILE=named)
+
+    assert started.returncode == 1
+    assert "Traceback" not in started.stderr
+    (line,) = started.stderr.strip().splitlines()
+    problem = "no such file" if named == "missing.env" else "not a file"
+    assert line.startswith(f"ENV_FILE={named!r}: {problem}")
+
+
+def test_installed_without_the_source_tree_no_env_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-editable install (site-packages, a container image) has no project: only the
+    environment and the defaults apply, or the file ENV_FILE names."""
+    monkeypatch.delenv("ENV_FILE", raising=False)
+    site_packages = tmp_path / "lib" / "python3.12" / "site-packages"
+    (tmp_path / "pyproject.toml").touch()  # some other project around the installation
+    checkout = tmp_path / "checkout"
+    (checkout / "src" / "pkg").mkdir(parents=True)
+    (checkout / "pyproject.toml").touch()
+
+    assert env_file(site_packages / "pkg") is None
+    assert env_file(checkout / "src" / "pkg") == checkout / ".env"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("password", "warned"), [("change-me", True), ("s3cret-pw", False)], ids=["placeholder", "real"]
+)
+async def test_a_placeholder_password_is_announced_at_startup_without_the_url(
+    password: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bake writes change-me into tracked files (.env.example, the defaults) in place of
+    the password: an app still running with it says so, in one line that shows neither
+    the password nor the URL. (Nothing listens on port 1: the app starts regardless.)"""
+    settings = make_settings(f"postgresql+asyncpg://app:{password}@127.0.0.1:1/app")
+
+    with caplog.at_level(logging.INFO):
+        async with serve(settings):
+            pass
+
+    warnings = [r.getMessage() for r in caplog.records if "placeholder password" in r.getMessage()]
+    assert warnings == (
+        ["DATABASE_URL still has the placeholder password: set the real one in .env or the "
+         "environment"] if warned else []
+    )  # fmt: skip
+    assert [r.levelno for r in caplog.records if "placeholder" in r.getMessage()] == (
+        [logging.WARNING] if warned else []
+    )
+    assert password not in caplog.text
