@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import trustme
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 
@@ -169,11 +170,15 @@ def sql_literal(text: str) -> str:
 
 
 class PasswordCheckingPostgres:
-    """A PostgreSQL server of the test's own that checks passwords (scram-sha-256).
+    """A PostgreSQL server of the test's own that checks passwords (scram-sha-256) and
+    speaks TLS with a certificate for ``localhost`` signed by a CA of the test's own.
 
-    The machine's server trusts every connection from 127.0.0.1, so it cannot show that a
-    password made it through intact. This one listens on 127.0.0.1 on a free port, lets its
-    superuser in over its Unix socket only, and is removed when stopped.
+    The machine's server trusts every connection from 127.0.0.1 and has no TLS, so it
+    cannot show that a password made it through intact, or that a certificate was checked.
+    This one listens on 127.0.0.1 on a free port, lets its superuser in over its Unix
+    socket only, and is removed when stopped. ``ca_file`` is the CA's certificate (PEM);
+    the server certificate names ``localhost`` only, so a client that connects to
+    127.0.0.1 and checks the host name (sslmode=verify-full) refuses it.
     """
 
     def __init__(self, bindir: Path) -> None:
@@ -181,6 +186,8 @@ class PasswordCheckingPostgres:
         self.base = Path(tempfile.mkdtemp(prefix="pool-template-pg-"))
         self.port = free_port()
         self.admin_url = f"postgresql://postgres@/postgres?host={self.base}&port={self.port}"
+        self.ca = trustme.CA()
+        self.ca_file = self.base / "ca.pem"
 
     def _as_postgres(self, program: str, *args: str | Path) -> None:
         done = run("runuser", "-u", "postgres", "--", self.bindir / program, *args)
@@ -193,7 +200,17 @@ class PasswordCheckingPostgres:
             "initdb", "-D", data, "-U", "postgres",
             "--auth-local=trust", "--auth-host=scram-sha-256",
         )  # fmt: skip
-        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        certificate = self.ca.issue_cert("localhost")
+        certificate.cert_chain_pems[0].write_to_path(str(self.base / "server.crt"))
+        certificate.private_key_pem.write_to_path(str(self.base / "server.key"))
+        for name in ("server.crt", "server.key"):
+            shutil.chown(self.base / name, "postgres")
+        (self.base / "server.key").chmod(0o600)  # PostgreSQL refuses a key others can read
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c ssl=on "
+            f"-c ssl_cert_file={self.base}/server.crt -c ssl_key_file={self.base}/server.key"
+        )
         self._as_postgres(
             "pg_ctl", "-D", data, "-l", self.base / "log", "-w", "-o", options, "start"
         )
