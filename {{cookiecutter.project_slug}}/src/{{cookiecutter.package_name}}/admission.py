@@ -6,7 +6,8 @@ longer than the rest. A FIFO semaphore (asyncio's is fair) queues requests in fr
 pool instead, and lets the app count and time the wait.
 
 It also fails fast: after a connect failed, requests fail at once for a moment instead of
-each waiting for its own connect to time out, queued behind the others.
+each waiting for its own connect to time out, queued behind the others; their 503 names
+the failure that opened the window (connection_failures.py).
 """
 
 import asyncio
@@ -14,6 +15,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+from .connection_failures import Failure
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,11 @@ class PoolBusyError(Exception):
 
 
 class DatabaseUnreachableError(Exception):
-    """The database failed to answer a moment ago; not tried again yet."""
+    """A connect failed a moment ago, for the reason ``failure`` names; not tried again yet."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"a connect failed a moment ago: {failure.kind}")
+        self.failure = failure
 
 
 class Admission:
@@ -46,18 +53,20 @@ class Admission:
         self.waiting = 0
         self.admitted = 0
         self._fail_fast_until = 0.0
+        self._last_failure = Failure("connection failure", "a connect failed")
 
     @property
     def full(self) -> bool:
         return self.capacity is not None and self.admitted >= self.capacity
 
-    def note_unreachable(self) -> None:
+    def note_unreachable(self, failure: Failure) -> None:
         """Called when a connect failed: fail fast for a moment rather than queue."""
         self._fail_fast_until = time.monotonic() + FAIL_FAST_SECONDS
+        self._last_failure = failure
 
     def raise_if_recently_unreachable(self) -> None:
         if time.monotonic() < self._fail_fast_until:
-            raise DatabaseUnreachableError("the database failed to answer a moment ago")
+            raise DatabaseUnreachableError(self._last_failure)
 
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[None]:

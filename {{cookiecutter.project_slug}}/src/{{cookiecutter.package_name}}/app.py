@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except DATABASE_ERRORS as error:
             # Start anyway: /health answers and /health/db reports 503 until the database
             # is back, instead of an orchestrator restarting the process in a loop.
-            logger.error("Database %s unreachable at startup: %s", database.url, describe(error))
+            reason = describe(error, database.url)
+            logger.error("Database %s unreachable at startup: %s", database.url, reason)
         # Everything made so far lives as long as the process: freezing it keeps the
         # collector from walking it again, which under load made pauses of 50 ms or more.
         # (No gc.collect() first: at this point it frees about a hundred objects, and costs

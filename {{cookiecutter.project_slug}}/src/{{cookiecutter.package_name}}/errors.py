@@ -1,9 +1,11 @@
 """How database failures reach the client: the status code says whose problem it is.
 
-- 503 with ``Retry-After``: the database cannot be used right now (the pool is busy; the
-  server refuses, is unknown, does not answer, is starting or shutting down, has no
-  connection slots left, is read-only after a failover, or dropped the connection; or a
-  transaction lost a race and may simply be retried). Nothing was written.
+- 503 with ``Retry-After``: the database cannot be used right now (the pool is busy; no
+  connection could be opened, for a reason connection_failures.py names; the server is
+  read-only after a failover, or dropped the connection; a schema change made a prepared
+  statement stale, stale_statements.py; or a transaction lost a race and may simply be
+  retried). Nothing was written. The body names the kind ("authentication failed"); the
+  log line says more (the user, the database, the SQLSTATE), never the password.
 - 504: a statement ran past ``STATEMENT_TIMEOUT`` and was cancelled.
 - 409: the request conflicts with the stored data (a unique, foreign key or exclusion
   constraint); nothing was written.
@@ -16,11 +18,14 @@ import traceback
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .admission import DatabaseUnreachableError, PoolBusyError
+from .connection_failures import Failure, exception_chain, name_failure, sqlstate_of
 from .database import Database
+from .stale_statements import STALE_STATEMENT, is_stale_statement
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +33,18 @@ logger = logging.getLogger(__name__)
 RETRY_AFTER = "1"
 # PostgreSQL's code for a statement cancelled by statement_timeout.
 QUERY_CANCELED = "57014"
-# SQLSTATE classes and codes that mean "not now" rather than "wrong": connection
-# exceptions (08), insufficient resources such as too many connections (53), the server
-# shutting down or starting (57P01-57P05), read-only after a failover (25006), and a
-# serialization failure or deadlock (40001, 40P01), which a retry resolves.
-UNAVAILABLE_CLASSES = ("08", "53")
-UNAVAILABLE_CODES = {"57P01", "57P02", "57P03", "57P04", "57P05", "25006", "40001", "40P01"}
-# SQLite's words for the same (its errors carry no SQLSTATE).
-SQLITE_UNAVAILABLE = ("database is locked", "unable to open database file")
+# SQLSTATEs that mean "not now" rather than "wrong", besides the connection failures
+# (connection_failures.py): read-only after a failover (25006 read_only_sql_transaction),
+# and a transaction that lost a race, which a retry resolves (40001 serialization_failure,
+# 40P01 deadlock_detected).
+NOT_NOW = {
+    "25006": "the database is read-only",
+    "40001": "serialization failure",
+    "40P01": "deadlock detected",
+}
+# SQLite's busy code (the error carries no SQLSTATE): a writer waited STATEMENT_TIMEOUT for
+# another writer's lock.
+SQLITE_BUSY = "SQLITE_BUSY"
 # Integrity errors that are conflicts with the stored data: unique, foreign key and
 # exclusion violations (PostgreSQL's SQLSTATEs; SQLite's words).
 CONFLICT_CODES = {"23505", "23503", "23P01"}
@@ -47,18 +56,27 @@ def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code, headers=headers)
 
 
-def database_unavailable(request: Request, error: Exception, connect_failed: bool) -> JSONResponse:
+def database_unavailable(request: Request, failure: Failure) -> JSONResponse:
     logger.warning(
-        "Database unavailable for %s %s: %s", request.method, request.url.path, describe(error)
+        "Database unavailable for %s %s: %s", request.method, request.url.path, failure.detail
     )
-    if connect_failed:
+    if failure.connect:
         database: Database = request.app.state.database
-        database.admission.note_unreachable()
-    return error_response(503, "database_unavailable", "The database cannot be reached.")
+        database.admission.note_unreachable(failure)
+    return error_response(503, "database_unavailable", client_detail(failure))
+
+
+def client_detail(failure: Failure) -> str:
+    """What a client is told: the kind, a fixed phrase, never the names in the log line."""
+    if failure.connect:
+        return f"The database cannot be reached: {failure.kind}."
+    return f"The database could not complete the request: {failure.kind}; retry shortly."
 
 
 async def unreachable(request: Request, error: Exception) -> JSONResponse:
-    return error_response(503, "database_unavailable", "The database cannot be reached.")
+    """Failing fast after a failed connect: the 503 names the failure that opened the window."""
+    assert isinstance(error, DatabaseUnreachableError)
+    return error_response(503, "database_unavailable", client_detail(error.failure))
 
 
 async def pool_busy(request: Request, error: Exception) -> JSONResponse:
@@ -85,26 +103,43 @@ async def integrity_error(request: Request, error: Exception) -> JSONResponse:
 
 async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DBAPIError)
-    sqlstate = str(getattr(error.orig, "sqlstate", "") or "")
-    if sqlstate == QUERY_CANCELED:
+    if sqlstate(error) == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
         return error_response(504, "statement_timeout", "The database query took too long.")
-    connect_failed = sqlstate.startswith(UNAVAILABLE_CLASSES) or sqlstate.startswith("57P")
-    if (
-        connect_failed
-        or error.connection_invalidated
-        or sqlstate in UNAVAILABLE_CODES
-        or any(words in str(error.orig) for words in SQLITE_UNAVAILABLE)
-    ):
-        return database_unavailable(request, error, connect_failed)
-    raise error  # a bug, not an outage: a 500 with its traceback in the log
+    database: Database = request.app.state.database
+    failure = unavailability(error, database.url)
+    if failure is None:
+        raise error  # a bug, not an outage: a 500 with its traceback in the log
+    return database_unavailable(request, failure)
 
 
 async def os_error(request: Request, error: Exception) -> JSONResponse:
-    """asyncpg raises refused connections, unknown hosts and timeouts as bare OSErrors."""
-    if raised_by_database_driver(error):
-        return database_unavailable(request, error, connect_failed=True)
-    raise error
+    """asyncpg raises refused connections, unknown hosts, timeouts and TLS failures as bare
+    OSErrors."""
+    if not raised_by_database_driver(error):
+        raise error
+    database: Database = request.app.state.database
+    failure = name_failure(error, database.url) or Failure("connection failure", describe(error))
+    return database_unavailable(request, failure)
+
+
+def unavailability(error: BaseException, url: URL | None) -> Failure | None:
+    """Why the database cannot be used right now, named; None for an error that is a bug."""
+    if failure := name_failure(error, url):
+        return failure
+    if is_stale_statement(error):
+        return STALE_STATEMENT
+    code = sqlstate(error)
+    if code in NOT_NOW:
+        return Failure(NOT_NOW[code], f"{NOT_NOW[code]} ({code})", connect=False)
+    causes = exception_chain(error)
+    if any(getattr(cause, "sqlite_errorname", None) == SQLITE_BUSY for cause in causes):
+        return Failure(
+            "the database is locked",
+            "another writer held the SQLite database's lock for STATEMENT_TIMEOUT (SQLITE_BUSY)",
+            connect=False,
+        )
+    return None
 
 
 def raised_by_database_driver(error: BaseException) -> bool:
@@ -115,10 +150,32 @@ def raised_by_database_driver(error: BaseException) -> bool:
     return any(m.startswith(("asyncpg", "aiosqlite")) for m in modules[innermost_app + 1 :])
 
 
-def describe(error: BaseException) -> str:
-    """The error's type, and the driver's, never its message: that may quote data or URLs."""
+def diagnose(error: BaseException, url: URL | None = None) -> Failure:
+    """``error`` named (see ``unavailability``), or, for an error with no name, its types:
+    never its message, which may quote data or the URL."""
+    if isinstance(error, DatabaseUnreachableError):
+        return error.failure
+    if isinstance(error, PoolBusyError | PoolTimeoutError):
+        busy = f"no pooled connection was free ({type(error).__name__})"
+        return Failure("the pool is busy", busy, connect=False)
+    if failure := unavailability(error, url):
+        return failure
+    code = sqlstate(error)
     cause = getattr(error, "orig", None)
-    return type(error).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
+    types = type(error).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
+    return Failure("the database cannot be used", types + (f", SQLSTATE {code}" if code else ""),
+                   connect=False)  # fmt: skip
+
+
+def describe(error: BaseException, url: URL | None = None) -> str:
+    """A log line's words for ``error``: its name and details, or its types."""
+    return diagnose(error, url).detail
+
+
+def sqlstate(error: BaseException) -> str:
+    """The SQLSTATE anywhere in the chain: SQLAlchemy's adapter of asyncpg's error may not
+    copy it (its InvalidCachedStatementError does not), asyncpg's own error has it."""
+    return next((code for cause in exception_chain(error) if (code := sqlstate_of(cause))), "")
 
 
 def add_error_handlers(app: FastAPI) -> None:

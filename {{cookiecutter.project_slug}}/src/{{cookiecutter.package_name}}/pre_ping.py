@@ -13,26 +13,22 @@ three round trips (BEGIN, the ping, ROLLBACK), and it halved the app's reads per
    gone runs again on a fresh connection, once. This is SQLAlchemy's recipe for a
    "readonly version of transparent reconnect" (FAQ, "How Do I Retry a Statement
    Execution Automatically?"): a read changes nothing, so running it again is safe, and
-   the read session refuses anything else (read_session.py). It covers a connection
-   dropped a moment before the read, its goodbye still on the way.
+   the read session refuses anything else. It covers a connection dropped a moment
+   before the read, its goodbye still on the way. The read session runs the retry
+   (read_session.py), when its ``info`` has ``RETRY_READS``.
 3. Transactions (sessions): a transaction cannot be run again behind the code that made
    it (the same FAQ), so its connection is pinged before the transaction begins: one
    round trip, while the connection is still in autocommit mode.
 """
 
-import logging
 import time
 from functools import partial
-from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Dialect, Engine, Result
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InvalidatePoolError
-from sqlalchemy.orm import ORMExecuteState
+from sqlalchemy.exc import DisconnectionError, InvalidatePoolError
 from sqlalchemy.pool import ConnectionPoolEntry
-
-logger = logging.getLogger(__name__)
 
 # Connections idle at least this long are pinged at checkout.
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -93,28 +89,6 @@ def driver_says_closed(dbapi_connection: DBAPIConnection) -> bool:
     """
     is_closed = getattr(dbapi_connection.driver_connection, "is_closed", None)
     return bool(is_closed and is_closed())
-
-
-def retry_read_once(state: ORMExecuteState) -> Result[Any] | None:
-    """``do_orm_execute`` hook of the read session: a read whose connection was gone runs
-    once more, on a new connection.
-
-    SQLAlchemy has already discarded the dead connection, and every pooled one opened
-    before it, when the error comes back; the rollback ends the session's transaction on
-    it, and the statement runs again from a fresh checkout. Returns the result, or None
-    (SQLAlchemy then runs the statement itself) for sessions that do not retry.
-    """
-    if not state.session.info.get(RETRY_READS):
-        return None
-    try:
-        return state.invoke_statement()
-    except DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        logger.warning("A read lost its connection (%s); running it again on a new one",
-                       type(error.orig).__name__)  # fmt: skip
-        state.session.rollback()
-        return state.invoke_statement()
 
 
 def ping_before_transaction(connection: Connection) -> None:

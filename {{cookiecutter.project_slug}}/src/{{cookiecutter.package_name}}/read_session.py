@@ -7,18 +7,28 @@ but a SELECT, sent through the session, ``session.connection()`` or ``text()``; 
 added, changed or deleted and never flushed are reported when the request ends
 (``dependencies.py``). Each refusal is an error, a 500: never a 2xx for a write that was
 stored in part, or not at all.
+
+Because it only reads, a read that failed for a reason that running it again cures runs
+again, once (``retry_read_once``): a connection that was gone (with ``POOL_PRE_PING``,
+pre_ping.py), or a prepared statement that a schema change made stale (always,
+stale_statements.py).
 """
 
+import logging
 import re
+from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Result
 from sqlalchemy.engine.interfaces import ExecutionContext
-from sqlalchemy.exc import InvalidRequestError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.sql.elements import TextClause
 
-from . import pre_ping
+from .pre_ping import RETRY_READS
+from .stale_statements import is_stale_statement
+
+logger = logging.getLogger(__name__)
 
 # The only raw SQL a read session runs: a SELECT (a WITH may hold an INSERT or a DELETE).
 READ_STATEMENT = re.compile(r"\s*SELECT\b", re.IGNORECASE)
@@ -63,8 +73,37 @@ def refuse_writes_in_autocommit(
         raise InvalidRequestError(REFUSAL)
 
 
-# Reads only (the hook above refuses the rest) are run again after a dropped connection.
-event.listen(ReadOnlySession, "do_orm_execute", pre_ping.retry_read_once)
+def retry_read_once(state: ORMExecuteState) -> Result[Any]:
+    """``do_orm_execute`` hook: a read that failed for a reason a second run cures, runs
+    once more. Only reads reach it: ``refuse_write_statements`` runs first.
+
+    - Its connection was gone, in sessions whose ``info`` has ``RETRY_READS`` (pre_ping.py).
+      SQLAlchemy has already discarded the dead connection, and every pooled one opened
+      before it; the rollback ends the session's transaction on it, and the statement runs
+      again from a fresh checkout.
+    - A statement prepared before a schema change went stale (stale_statements.py), in
+      every read session: the server ran nothing, and SQLAlchemy's dialect has cleared the
+      caches, so it runs again on the same connection, prepared anew. No rollback: the
+      connection is in autocommit mode, and a rollback would expire what the session has
+      loaded.
+    """
+    try:
+        return state.invoke_statement()
+    except DBAPIError as error:
+        if error.connection_invalidated and state.session.info.get(RETRY_READS):
+            logger.warning("A read lost its connection (%s); running it again on a new one",
+                           type(error.orig).__name__)  # fmt: skip
+            state.session.rollback()
+            return state.invoke_statement()
+        if is_stale_statement(error):
+            logger.warning("A read's prepared statement went stale after a schema change; "
+                           "running it again, prepared anew")  # fmt: skip
+            return state.invoke_statement()
+        raise
+
+
+# After refuse_write_statements: only reads are run again.
+event.listen(ReadOnlySession, "do_orm_execute", retry_read_once)
 
 
 def refuse_unsaved_changes(session: Session) -> None:

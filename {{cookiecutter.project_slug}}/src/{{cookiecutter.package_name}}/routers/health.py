@@ -5,7 +5,9 @@ healthy process because the database is down. ``/health/db`` runs ``SELECT 1`` t
 the pool (creating the tables first if the database was down at startup) and reports the
 pool's numbers. When every connection is in use it answers at once, 200 with status
 "busy": the database was reachable a moment ago, and a readiness probe that failed under
-load would take every replica out of rotation together.
+load would take every replica out of rotation together. When the database cannot be
+used, it answers 503 with ``Retry-After`` and names why in ``detail``: "connection
+refused", "authentication failed", "unknown database", ... (connection_failures.py).
 """
 
 import logging
@@ -15,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from ..database import DATABASE_ERRORS, Database
-from ..errors import describe
+from ..errors import diagnose
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +58,12 @@ async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
     try:
         await database.check()
     except DATABASE_ERRORS as error:
-        # The exception's text can quote the URL; its type says enough without the password.
-        logger.warning("Database %s is unreachable: %s", database.url, describe(error))
-        return unavailable(database, "unavailable", "the database cannot be reached")
+        # Named, never quoted: the exception's text can hold the URL (errors.py). The
+        # detail is the kind ("authentication failed"); the log line names user, database
+        # or server as well.
+        failure = diagnose(error, database.url)
+        logger.warning("Database %s is unreachable: %s", database.url, failure.detail)
+        return unavailable(database, "unavailable", failure.kind)
     return health_report(database, "ok")
 
 
