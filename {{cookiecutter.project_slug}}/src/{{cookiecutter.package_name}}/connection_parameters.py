@@ -43,6 +43,8 @@ ASYNCPG_TLS_PARAMETERS = (
     "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl",
     "ssl_min_protocol_version", "ssl_max_protocol_version", "sslnegotiation",
 )  # fmt: skip
+# Never logged: the passphrase of the client certificate's key.
+SECRET_PARAMETERS = ("sslpassword",)
 FILE_PARAMETERS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
 TARGET_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
 UTF8_NAMES = ("utf8", "utf-8", "unicode")

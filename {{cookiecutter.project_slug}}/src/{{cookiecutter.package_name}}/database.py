@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
+from .connection_parameters import SECRET_PARAMETERS
 from .engine import create_engines
 from .pool_status import ConnectionCounter, pool_capacity, pool_status
 from .pre_ping import RETRY_READS
@@ -44,9 +45,11 @@ class Database:
         self.metadata = metadata
         self.schema_ready = False
         self._schema_lock = asyncio.Lock()
-        # str() of a URL masks the password, so ``self.url`` is safe to log.
-        self.url = make_url(settings.database_url.get_secret_value())
-        self.read_engine, self.engine, with_pre_ping = create_engines(self.url, settings)
+        url = make_url(settings.database_url.get_secret_value())
+        # str() of a URL masks the password; without the TLS key's passphrase as well,
+        # ``self.url`` is safe to log.
+        self.url = url.difference_update_query(SECRET_PARAMETERS)
+        self.read_engine, self.engine, with_pre_ping = create_engines(url, settings)
         self.admission = Admission(
             pool_capacity(self.engine.pool), settings.pool_timeout, settings.pool_wait_warning
         )

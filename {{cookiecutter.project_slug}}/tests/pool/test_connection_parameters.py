@@ -67,6 +67,20 @@ async def test_a_dropped_parameter_is_said_once_at_startup(
     assert notes[0].startswith("DATABASE_URL: channel_binding=require is dropped: asyncpg")
 
 
+@requires_postgres
+async def test_the_tls_keys_passphrase_is_never_logged(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = with_query(database_url, "sslmode=disable&sslpassword=Zx9-passphrase")
+
+    with caplog.at_level(logging.DEBUG):
+        async with serve(make_settings(url)) as (_, client):
+            assert (await client.get("/health/db")).status_code == 200
+
+    assert "Database postgresql+asyncpg://" in caplog.text  # the startup line names it
+    assert "Zx9-passphrase" not in caplog.text
+
+
 @pytest.fixture
 async def silent_port() -> AsyncIterator[int]:
     """A port that accepts TCP connections and never answers, as a stuck server does."""
