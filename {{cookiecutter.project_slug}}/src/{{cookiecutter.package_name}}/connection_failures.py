@@ -139,7 +139,8 @@ def by_sqlstate(sqlstate: str, place: Place) -> Failure | None:
     if sqlstate == "28P01":
         return Failure(
             "authentication failed",
-            f"authentication failed for user {place.user}: wrong password ({code})",
+            f"authentication failed for user {place.user}: wrong password, or no such role "
+            f"({code})",
         )
     if sqlstate.startswith(INVALID_AUTHORIZATION_SPECIFICATION):
         return Failure(
@@ -224,7 +225,7 @@ def by_exception(error: BaseException, place: Place) -> Failure | None:
                 "check that its directory exists and the app may write there",
             )
         return None
-    if isinstance(error, OSError) and error.errno:
+    if isinstance(error, OSError) and error.errno and error.errno > 0:
         return Failure(
             os.strerror(error.errno).lower(),
             f"{os.strerror(error.errno).lower()}: {place.server} ({errno_name(error.errno)})",
@@ -237,8 +238,8 @@ def asyncpg_connection_error(message: str, place: Place) -> Failure:
     if message.endswith(TLS_REFUSED):
         return Failure(
             "the server does not support TLS",
-            f"{place.server} does not support TLS (SSL), which the URL requires (sslmode or "
-            "ssl=require or stricter): turn on ssl on the server, or connect without TLS",
+            f"{place.server} does not support TLS (SSL), which the URL requires (sslmode=require "
+            "or stricter): turn on ssl on the server, or connect without TLS",
         )
     if TLS_ERROR_RESPONSE in message:
         return Failure(
