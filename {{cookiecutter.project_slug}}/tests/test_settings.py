@@ -132,8 +132,8 @@ def test_bad_database_url_stops_the_app_without_showing_it(
     assert "ter2" not in message
 
 
-# Settings variables a test's own process must not inherit from the run's environment.
-SETTINGS_VARIABLES = ("ENV_FILE", "DATABASE_URL", "POOL_SIZE")
+# Variables a settings test's own process must not inherit from the run's environment.
+SETTINGS_VARIABLES = {"ENV_FILE", *(name.upper() for name in Settings.model_fields)}
 
 
 def settings_seen_from(cwd: Path, **environment: str) -> subprocess.CompletedProcess:
