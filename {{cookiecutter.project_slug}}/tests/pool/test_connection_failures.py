@@ -3,7 +3,8 @@ detail and in the 503 a request gets; and the password appears in none of them.
 
 The server kinds (a wrong password, an unknown database, no connection slots left, no
 TLS, a shutdown) come from real PostgreSQL servers of the tests' own, started with
-initdb: the machine's server trusts every connection, so it cannot refuse a password.
+initdb: a test server often trusts every connection, so it could not refuse a password,
+and may have TLS on.
 """
 
 import asyncio
@@ -48,19 +49,25 @@ class OwnServer:
         """The command line for one of the server's programs, as the user "postgres" when
         this is root (PostgreSQL refuses to run as root)."""
         command = [str(self.bindir / program), *args]
-        return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+        return ["runuser", "-u", "postgres", "--", *command] if running_as_root() else command
 
     def start(self) -> None:
-        if os.geteuid() == 0:
+        if running_as_root():
             shutil.chown(self.base, "postgres")
         data = str(self.base / "data")
         initdb = ["-D", data, "-U", "postgres", "--auth-local=trust",
                   "--auth-host=scram-sha-256", "--no-sync"]  # fmt: skip
-        subprocess.run(self.run("initdb", *initdb), check=True, capture_output=True)
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
         log = str(self.base / "log")
-        start = self.run("pg_ctl", "-D", data, "-l", log, "-w", "-o", options, "start")
-        subprocess.run(start, check=True, capture_output=True)
+        for command in (
+            self.run("initdb", *initdb),
+            self.run("pg_ctl", "-D", data, "-l", log, "-w", "-o", options, "start"),
+        ):
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                printed = done.stdout + done.stderr
+                printed += Path(log).read_text() if Path(log).exists() else ""
+                raise RuntimeError(f"{' '.join(command)} failed:\n{printed}")
 
     def url(self, user: str = "app", password: str = PASSWORD, database: str = "app") -> str:
         return f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{self.port}/{database}"
@@ -87,14 +94,22 @@ class OwnServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def running_as_root() -> bool:
+    return getattr(os, "geteuid", lambda: -1)() == 0
+
+
 def own_server() -> OwnServer:
     """An OwnServer, started; a skip, saying why, where one cannot be started."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))  # Debian, Ubuntu
     initdb = found[-1] if found else shutil.which("initdb")
-    if initdb is None or (os.geteuid() == 0 and not shutil.which("runuser")):
+    if os.name != "posix" or initdb is None or (running_as_root() and not shutil.which("runuser")):
         pytest.skip("needs PostgreSQL's initdb (and runuser, as root): starts a server of its own")
     server = OwnServer(Path(initdb).parent)
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
