@@ -5,8 +5,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from {{ cookiecutter.package_name }}.settings import Settings, env_file, load_settings
+from {{ cookiecutter.package_name }}.settings import (
+    Settings,
+    anchor_relative_paths,
+    env_file,
+    load_settings,
+)
 
 from .support import PROJECT_DIR, make_settings, serve
 
@@ -31,7 +37,7 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
             "postgresql://app@db/app?sslmode=require&channel_binding=require",
             "postgresql+asyncpg://app@db/app?channel_binding=require&sslmode=require",
         ),
-        ("sqlite:///./local.db", "sqlite+aiosqlite:///./local.db"),
+        ("sqlite:////srv/local.db", "sqlite+aiosqlite:////srv/local.db"),
         ("postgresql+asyncpg://app:p%40ss@db/app", "postgresql+asyncpg://app:p%40ss@db/app"),
         (
             "postgresql://app@db/app?ssl=true&connect_timeout=10",
@@ -42,6 +48,36 @@ def test_database_url_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
 )
 def test_common_url_forms_use_the_async_drivers(given: str, used: str) -> None:
     assert make_settings(given).database_url.get_secret_value() == used
+
+
+@pytest.mark.parametrize(
+    ("given", "path"),
+    [("sqlite+aiosqlite:///./app.db", "app.db"), ("sqlite:///data/app.db", "data/app.db")],
+)
+def test_a_relative_sqlite_path_is_the_projects_from_any_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str, path: str
+) -> None:
+    """As .env is: started elsewhere, the app must not open another, empty database."""
+    monkeypatch.chdir(tmp_path)
+
+    used = make_settings(given).database_url.get_secret_value()
+
+    assert used == f"sqlite+aiosqlite:///{PROJECT_DIR / path}"
+
+
+def test_relative_tls_files_are_the_projects_and_others_stay(tmp_path: Path) -> None:
+    url = make_url(
+        "postgresql+asyncpg://app@db/app?sslmode=verify-full&sslrootcert=certs/ca.pem"
+        "&sslcert=/etc/app/client.crt&sslkey=~/client.key&application_name=certs/x"
+    )
+
+    query = anchor_relative_paths(url, tmp_path).query
+
+    assert query["sslrootcert"] == str(tmp_path / "certs" / "ca.pem")
+    assert query["sslcert"] == "/etc/app/client.crt"
+    assert query["sslkey"] == "~/client.key"
+    assert query["application_name"] == "certs/x"
+    assert anchor_relative_paths(url, None) is url  # installed: the working directory's
 
 
 @pytest.mark.parametrize("seconds", [14400, 86400, 604800])

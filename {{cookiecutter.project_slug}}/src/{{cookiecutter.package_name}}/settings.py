@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .connection_parameters import read_parameters, tls_arguments
+from .connection_parameters import FILE_PARAMETERS, read_parameters, tls_arguments
 
 # The async driver the app uses for each database, whatever driver a URL names.
 ASYNC_DRIVERS = {
@@ -58,10 +58,41 @@ def env_file(package_dir: Path = PACKAGE_DIR) -> Path | None:
                 "settings file to read instead of the project's .env)"
             )
         return path
+    project = project_dir(package_dir)
+    return project / ".env" if project else None
+
+
+def project_dir(package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The project's folder (above ``src/<package>``, holding pyproject.toml), or None for
+    an installation without its source tree."""
     project = package_dir.parent.parent
     if package_dir.parent.name == "src" and (project / "pyproject.toml").is_file():
-        return project / ".env"
+        return project
     return None
+
+
+def anchor_relative_paths(url: URL, project: Path | None) -> URL:
+    """``url`` with its relative file paths (a SQLite database; sslrootcert, sslcert,
+    sslkey, sslcrl, passfile) taken from the project's folder, where ``.env`` is.
+
+    SQLAlchemy and libpq read them from the current directory, so ``./app.db`` would be
+    another, empty database for an app started elsewhere (``cd / && uvicorn ...``).
+    Installed without its source tree, the current directory it stays.
+    """
+    if project is None:
+        return url
+    if url.get_backend_name() == "sqlite":
+        path = url.database or ""
+        if path in ("", ":memory:") or "uri" in url.query or Path(path).is_absolute():
+            return url
+        return url.set(database=str(project / path))
+    relative = {
+        key: str(project / value)
+        for key, value in url.query.items()
+        if key in FILE_PARAMETERS and isinstance(value, str) and value != "system"
+        and not Path(value).expanduser().is_absolute()
+    }  # fmt: skip
+    return url.update_query_dict(relative) if relative else url
 
 
 class Settings(BaseSettings):
@@ -135,15 +166,16 @@ class Settings(BaseSettings):
             raise ValueError("the port must be a number from 1 to 65535")
         if driver.startswith("sqlite") and (url.host or url.username or url.port):
             raise ValueError("a SQLite URL names no host: sqlite+aiosqlite:///path/to/app.db")
+        anchored = anchor_relative_paths(url, project_dir())
         if driver.startswith("postgresql"):
             # Each parameter asyncpg cannot be given, and each file it could not read.
-            parameters = read_parameters(url.query)
+            parameters = read_parameters(anchored.query)
             if parameters.problems:
                 raise ValueError("\n".join(parameters.problems))
             tls_arguments(parameters.tls)
-        if driver == url.drivername:
+        if driver == url.drivername and anchored is url:
             return value  # as given: re-rendering would percent-encode it anew
-        return SecretStr(url.set(drivername=driver).render_as_string(hide_password=False))
+        return SecretStr(anchored.set(drivername=driver).render_as_string(hide_password=False))
 
 
 def load_settings() -> Settings:
