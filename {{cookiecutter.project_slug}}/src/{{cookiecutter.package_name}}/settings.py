@@ -183,7 +183,8 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        lines = ["Invalid settings (environment variables, .env or the defaults in settings.py):"]
+        read = Settings.model_config.get("env_file") or "no settings file"
+        lines = [f"Invalid settings (environment variables, {read}, or settings.py's defaults):"]
         for problem in error.errors():
             name = str(problem["loc"][0]).upper()
             # The URL is never shown: it may hold the password.
