@@ -135,7 +135,7 @@ class Place:
 
 
 def by_sqlstate(sqlstate: str, place: Place) -> Failure | None:
-    code = f"{sqlstate} {CONDITION_NAMES.get(sqlstate, 'SQLSTATE')}"
+    code = f"{sqlstate} {CONDITION_NAMES[sqlstate]}" if sqlstate in CONDITION_NAMES else sqlstate
     if sqlstate == "28P01":
         return Failure(
             "authentication failed",
@@ -207,8 +207,11 @@ def by_exception(error: BaseException, place: Place) -> Failure | None:
             f"{place.server} did not answer in time (CONNECT_TIMEOUT when connecting)",
         )
     if isinstance(error, ConnectionRefusedError):
-        return Failure("connection refused",
-                       f"connection refused by {place.server}: nothing listens there")  # fmt: skip
+        return Failure(
+            "connection refused",
+            f"connection refused by {place.server}: nothing listens there, or a firewall "
+            "rejects the connection",
+        )
     if type(error).__name__ == "ClientConfigurationError":  # asyncpg's, before connecting
         return Failure(
             "invalid connection settings",
