@@ -82,10 +82,10 @@ def retry_read_once(state: ORMExecuteState) -> Result[Any]:
       before it; the rollback ends the session's transaction on it, and the statement runs
       again from a fresh checkout.
     - A statement prepared before a schema change went stale (stale_statements.py), in
-      every read session: the server ran nothing, and SQLAlchemy's dialect has cleared the
-      caches, so it runs again on the same connection, prepared anew. No rollback: the
-      connection is in autocommit mode, and a rollback would expire what the session has
-      loaded.
+      every read session: a read changed nothing, and SQLAlchemy's dialect has marked the
+      caches of every connection stale, so it runs again on the same connection, prepared
+      anew. No rollback: the connection is in autocommit mode, and a rollback would expire
+      what the session has loaded.
     """
     try:
         return state.invoke_statement()
