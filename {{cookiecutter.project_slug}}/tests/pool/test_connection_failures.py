@@ -43,6 +43,8 @@ class OwnServer:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
         self.base = Path(tempfile.mkdtemp(prefix="faults-pg-"))
+        self.data = str(self.base / "data")
+        self.log = str(self.base / "log")
         self.port = free_port()
 
     def run(self, program: str, *args: str) -> list[str]:
@@ -52,22 +54,32 @@ class OwnServer:
         return ["runuser", "-u", "postgres", "--", *command] if running_as_root() else command
 
     def start(self) -> None:
+        """Make the cluster (initdb) and start it."""
         if running_as_root():
             shutil.chown(self.base, "postgres")
-        data = str(self.base / "data")
-        initdb = ["-D", data, "-U", "postgres", "--auth-local=trust",
+        initdb = ["-D", self.data, "-U", "postgres", "--auth-local=trust",
                   "--auth-host=scram-sha-256", "--no-sync"]  # fmt: skip
+        self.check(self.run("initdb", *initdb))
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start the server on its cluster, stopped or not (an immediate stop first)."""
+        self.stop_now()
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.base / "log")
-        for command in (
-            self.run("initdb", *initdb),
-            self.run("pg_ctl", "-D", data, "-l", log, "-w", "-o", options, "start"),
-        ):
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                printed = done.stdout + done.stderr
-                printed += Path(log).read_text() if Path(log).exists() else ""
-                raise RuntimeError(f"{' '.join(command)} failed:\n{printed}")
+        self.check(self.run("pg_ctl", "-D", self.data, "-l", self.log, "-w", "-o", options,
+                            "start"))  # fmt: skip
+
+    def check(self, command: list[str]) -> None:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            printed = done.stdout + done.stderr
+            printed += Path(self.log).read_text() if Path(self.log).exists() else ""
+            raise RuntimeError(f"{' '.join(command)} failed:\n{printed}")
+
+    def stop_now(self) -> None:
+        """An immediate stop, if the server runs."""
+        stop = self.run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        subprocess.run(stop, capture_output=True)
 
     def url(self, user: str = "app", password: str = PASSWORD, database: str = "app") -> str:
         return f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{self.port}/{database}"
@@ -87,10 +99,8 @@ class OwnServer:
         finally:
             await connection.close()
 
-    def stop(self) -> None:
-        data = str(self.base / "data")
-        subprocess.run(self.run("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"),
-                       capture_output=True)  # fmt: skip
+    def remove(self) -> None:
+        self.stop_now()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -108,7 +118,7 @@ def own_server() -> OwnServer:
     try:
         server.start()
     except BaseException:
-        server.stop()
+        server.remove()
         raise
     return server
 
@@ -130,7 +140,7 @@ def server() -> Iterator[OwnServer]:
         )
         yield server
     finally:
-        server.stop()
+        server.remove()
 
 
 # (the failure's id, the URL, the kind clients see, words of the log line)
@@ -234,18 +244,6 @@ async def test_a_server_that_cannot_be_reached_is_named(
         await check_named_everywhere(url, kind, logged, caplog, connect_timeout=0.3)
 
 
-@pytest.fixture
-def shutting_down_server() -> Iterator[OwnServer]:
-    """A server of the test's own: the test shuts it down."""
-    server = own_server()
-    try:
-        asyncio.run(server.execute(f"CREATE ROLE app LOGIN PASSWORD '{PASSWORD}'",
-                                   "CREATE DATABASE app OWNER app"))  # fmt: skip
-        yield server
-    finally:
-        server.stop()
-
-
 async def refuses_new_connections(server: OwnServer) -> None:
     """Wait until the server, told to shut down, refuses new connections: the postmaster
     acts on the signal a moment after pg_ctl sends it."""
@@ -261,15 +259,14 @@ async def refuses_new_connections(server: OwnServer) -> None:
 
 @requires_postgres
 async def test_a_server_shutting_down_is_named(
-    shutting_down_server: OwnServer, caplog: pytest.LogCaptureFixture
+    server: OwnServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A smart shutdown waits for the sessions still open and refuses new ones (57P03)."""
-    server = shutting_down_server
+    """A smart shutdown waits for the sessions still open and refuses new ones (57P03).
+    The module's server is started again afterwards."""
     held = await server.connect_as_superuser()
     try:
-        data = str(server.base / "data")
         stop = await asyncio.create_subprocess_exec(
-            *server.run("pg_ctl", "-D", data, "-m", "smart", "-W", "stop"),
+            *server.run("pg_ctl", "-D", server.data, "-m", "smart", "-W", "stop"),
             stdout=asyncio.subprocess.DEVNULL,
         )
         await stop.wait()
@@ -281,6 +278,7 @@ async def test_a_server_shutting_down_is_named(
         )  # fmt: skip
     finally:
         await held.close()
+        server.start_again()
 
 
 # TLS certificate checks: named from the exception the ssl module raises (a server with
