@@ -84,8 +84,9 @@ class DatabaseUrl(NamedTuple):
 
     @property
     def masked(self) -> str:
-        """The URL as it may appear in messages."""
-        return self.render(password="***" if self.password else None)
+        """The URL as it may appear in messages: no password, and no query, which is
+        named parameter by parameter where it matters."""
+        return self._replace(query=None).render(password="***" if self.password else None)
 
     @property
     def with_placeholder_password(self) -> str:
@@ -147,9 +148,11 @@ def problems(url: str) -> list[str]:
     """What is wrong with a (normalised) database URL, one line each; the password masked."""
     if not url.strip():
         return [f"database_url: it is empty; accepted: {SUPPORTED_FORMS}"]
-    if re.search(r"\s", url.strip()):
+    # Before the query, which may hold spaces and '@'s (application_name=svc@corp).
+    address = url.strip().partition("?")[0]
+    if re.search(r"\s", address):
         return [f"database_url: it contains a space or a line break; {ENCODING_HINT}"]
-    if url.count("@") > 1:
+    if max(address.count("@"), url.partition("://")[2].partition("/")[0].count("@")) > 1:
         # Not shown: the text between the '@'s is part of the password.
         return [
             f"database_url: {mask(url)!r} has more than one '@', so the password would be cut "

@@ -104,19 +104,29 @@ def test_unencoded_at_is_refused_without_showing_any_part_of_the_password(url: s
         ("sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem&sslcert=c.crt&sslkey=c.key", None),
         ("sslmode=require&channel_binding=require", None),
         ("gssencmode=disable&sslcompression=0&client_encoding=UTF8", None),
+        ("application_name=billing api@corp", None),  # the query may hold ' ' and '@'
+        ("sslrootcert=system&sslnegotiation=direct", None),
         ("ssl=maybe", "ssl=maybe: accepted: true, false, or one of libpq's sslmode values"),
-        ("sslmode=required", "sslmode=required is not a mode; accepted: disable, allow,"),
+        ("channel_binding=require", "channel_binding=require needs TLS"),
+        ("sslmode=prefer&channel_binding=require", "channel_binding=require needs TLS"),
+        ("sslcert=c.crt&sslpassword=Zx9secret", "sslpassword: a passphrase in the URL would"),
+        ("ssl_min_protocol_version=TLSv1.3&ssl_max_protocol_version=TLSv1.2", "no TLS version"),
+        ("sslnegotiation=direct", "sslnegotiation=direct needs sslmode=require"),
+        ("sslcertmode=require", "sslcertmode=require: remove it"),
+        ("prepared_statement_cache_size=abc", "prepared_statement_cache_size=abc: accepted"),
+        ("host=h1:5432&host=h2", "host: give a port with every host or with none"),
+        ("sslmode=required", "sslmode=required: accepted: disable, allow,"),
         ("connect_timeout=0", "connect_timeout=0: accepted: seconds above 0"),
         ("connect_timeout=ten", "connect_timeout=ten: accepted: seconds above 0"),
         ("sslrootcert=system&sslmode=require", "sslrootcert=system needs sslmode=verify-full"),
         ("options=-E", "options=-E: accepted: -c name=value switches"),
         ("client_encoding=LATIN1", "client_encoding=LATIN1: asyncpg speaks UTF8 only"),
         ("gssencmode=require", "gssencmode=require: asyncpg cannot encrypt with GSSAPI"),
-        ("keepalives_idle=30", "keepalives_idle: remove it: asyncpg sets no TCP keepalives"),
+        ("keepalives_idle=30", "keepalives_idle=30: remove it: asyncpg sets no TCP keepalives"),
         ("target_session_attrs=master", "target_session_attrs=master: accepted: any,"),
-        ("pgbouncer=true", "for PgBouncer set CONNECTION_POOLER=pgbouncer"),
+        ("pgbouncer=true", "pgbouncer=true: remove it (a Prisma setting); for PgBouncer set"),
         ("sslmode=require&sslmode=disable", "sslmode is given 2 times; give it once"),
-        ("sslmod=require", "sslmod is not a connection parameter this app knows"),
+        ("sslmod=require", "sslmod=require: remove it: not a connection parameter this app knows"),
     ],
 )
 def test_url_parameters_are_honoured_or_refused_in_one_line(query: str, problem) -> None:
@@ -131,6 +141,7 @@ def test_url_parameters_are_honoured_or_refused_in_one_line(query: str, problem)
         (line,) = problems
         assert line.startswith("database_url: ")
         assert problem in line
+        assert "Zx9secret" not in line
 
 
 def test_parameters_asyncpg_cannot_honour_but_that_only_harden_are_dropped_with_a_note():

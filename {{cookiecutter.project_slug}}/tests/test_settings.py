@@ -75,7 +75,7 @@ def test_relative_tls_files_are_the_projects_and_others_stay(tmp_path: Path) -> 
 
     assert query["sslrootcert"] == str(tmp_path / "certs" / "ca.pem")
     assert query["sslcert"] == "/etc/app/client.crt"
-    assert query["sslkey"] == "~/client.key"
+    assert query["sslkey"] == str(Path.home() / "client.key")
     assert query["application_name"] == "certs/x"
     assert anchor_relative_paths(url, None) is url  # installed: the working directory's
 
@@ -125,17 +125,20 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
     [
         ("mysql+aiomysql://app:hunter2@db/app", "the database 'mysql+aiomysql' is not supported"),
         ("postgresql+asyncpg://app:hun@ter2@db/app", "unencoded '@'"),
-        ("postgresql+asyncpg://app@db/app?password=hunter2", "not in the query string"),
+        (
+            "postgresql+asyncpg://app@db/app?password=hunter2",
+            "password: it would be written wherever the URL goes",
+        ),
         ("hunter2", "not a database URL"),
         ("postgresql+asyncpg://app:hunter2@db:99999/app", "port must be a number from 1 to 65535"),
         ("sqlite+aiosqlite://hunter2@db/app.db", "a SQLite URL names no host"),
         (
             "postgresql+asyncpg://app:hunter2@db/app?sslmode=required",
-            "sslmode=required is not a mode; accepted: disable, allow, prefer, require,",
+            "sslmode=required: accepted: disable, allow, prefer, require,",
         ),
         (
             "postgresql+asyncpg://app:hunter2@db/app?ssl=require&sslmode=disable",
-            "ssl=require and sslmode=disable disagree; give only sslmode",
+            "ssl=require and sslmode=disable disagree; give sslmode",
         ),
         (
             "postgresql+asyncpg://app:hunter2@db/app?sslmode=verify-full&sslrootcert=/nowhere/ca.pem",
@@ -145,8 +148,34 @@ def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
             "postgresql+asyncpg://app:hunter2@db/app?connect_timeout=0",
             "connect_timeout=0: accepted: seconds above 0",
         ),
-        ("postgresql+asyncpg://app:hunter2@db/app?keepalives=1", "keepalives: remove it"),
-        ("postgresql+asyncpg://app:hunter2@db/app?sslmod=require", "sslmod is not a connection"),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?keepalives=1",
+            "keepalives=1: remove it: asyncpg sets no TCP keepalives",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?sslmod=require",
+            "sslmod=require: remove it: not a connection parameter",
+        ),
+        (
+            "postgresql+asyncpg://app:pw@db/app?sslcert=c.crt&sslkey=c.key&sslpassword=hunter2",
+            "sslpassword: a passphrase in the URL would be written wherever the URL goes",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?channel_binding=require",
+            "channel_binding=require needs TLS, which asyncpg would not insist on: add sslmode=",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?sslmode=verify-full",
+            "sslmode=verify-full needs the CA certificate that signed the server's: add sslroot",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?host=h1:5432&host=h2",
+            "host: give a port with every host or with none",
+        ),
+        (
+            "postgresql+asyncpg://app:hunter2@db/app?prepared_statement_cache_size=-5",
+            "prepared_statement_cache_size=-5: accepted: a whole number",
+        ),
     ],
 )
 def test_bad_database_url_stops_the_app_without_showing_it(
@@ -155,6 +184,8 @@ def test_bad_database_url_stops_the_app_without_showing_it(
     """In-process, through ``load_settings()``, which main.py calls (the test above starts
     the app in a process of its own); this keeps the many URL cases fast."""
     monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.postgresql/root.crt either
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
     monkeypatch.setenv("DATABASE_URL", url)
 
     with pytest.raises(SystemExit) as stopped:

@@ -204,7 +204,8 @@ def by_exception(error: BaseException, place: Place) -> Failure | None:
     if isinstance(error, TimeoutError):
         return Failure(
             "timed out",
-            f"{place.server} did not answer in time (CONNECT_TIMEOUT when connecting)",
+            f"{place.server} did not answer in time (the URL's connect_timeout, else "
+            "CONNECT_TIMEOUT, when connecting)",
         )
     if isinstance(error, ConnectionRefusedError):
         return Failure(

@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
-from .connection_parameters import SECRET_PARAMETERS
 from .engine import create_engines
 from .pool_status import ConnectionCounter, pool_capacity, pool_status
 from .pre_ping import RETRY_READS
@@ -45,11 +44,10 @@ class Database:
         self.metadata = metadata
         self.schema_ready = False
         self._schema_lock = asyncio.Lock()
-        url = make_url(settings.database_url.get_secret_value())
-        # str() of a URL masks the password; without the TLS key's passphrase as well,
-        # ``self.url`` is safe to log.
-        self.url = url.difference_update_query(SECRET_PARAMETERS)
-        self.read_engine, self.engine, with_pre_ping = create_engines(url, settings)
+        # str() of a URL masks the password (and the URL holds no other secret: see
+        # connection_parameters.py), so ``self.url`` is safe to log.
+        self.url = make_url(settings.database_url.get_secret_value())
+        self.read_engine, self.engine, with_pre_ping = create_engines(self.url, settings)
         self.admission = Admission(
             pool_capacity(self.engine.pool), settings.pool_timeout, settings.pool_wait_warning
         )

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .connection_parameters import FILE_PARAMETERS, read_parameters, tls_arguments
+from .connection_parameters import FILE_PARAMETERS, file_problems, read_parameters
 
 # The async driver the app uses for each database, whatever driver a URL names.
 ASYNC_DRIVERS = {
@@ -86,19 +86,24 @@ def anchor_relative_paths(url: URL, project: Path | None) -> URL:
         if path in ("", ":memory:") or "uri" in url.query or Path(path).is_absolute():
             return url
         return url.set(database=str(project / path))
-    relative = {
-        key: str(project / value)
+    # '~' is the user's home, as a shell would read it (libpq and asyncpg would not).
+    anchored = {
+        key: str(project / Path(value).expanduser())
         for key, value in url.query.items()
         if key in FILE_PARAMETERS and isinstance(value, str) and value != "system"
-        and not Path(value).expanduser().is_absolute()
-    }  # fmt: skip
-    return url.update_query_dict(relative) if relative else url
+    }
+    changed = {key: path for key, path in anchored.items() if path != url.query[key]}
+    return url.update_query_dict(changed) if changed else url
 
 
 class Settings(BaseSettings):
     # The file is found when this module is imported, from ENV_FILE or the package's place.
     model_config = SettingsConfigDict(
-        env_file=env_file(), env_file_encoding="utf-8", extra="ignore"
+        env_file=env_file(),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refused value is never echoed: the database URL's may hold the password.
+        hide_input_in_errors=True,
     )
 
     # A secret so that repr(), logs and validation errors never show the password.
@@ -160,8 +165,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{unsupported}; accepted: {SUPPORTED_URLS}")
         if "@" in (url.host or ""):
             raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
-        if "password" in url.query:
-            raise ValueError("the password belongs after the user name, not in the query string")
         if url.port is not None and not 1 <= url.port <= 65535:
             raise ValueError("the port must be a number from 1 to 65535")
         if driver.startswith("sqlite") and (url.host or url.username or url.port):
@@ -170,9 +173,10 @@ class Settings(BaseSettings):
         if driver.startswith("postgresql"):
             # Each parameter asyncpg cannot be given, and each file it could not read.
             parameters = read_parameters(anchored.query)
-            if parameters.problems:
-                raise ValueError("\n".join(parameters.problems))
-            tls_arguments(parameters.tls)
+            passfile = parameters.connect_args.get("passfile")
+            problems = parameters.problems or file_problems(parameters.tls, passfile)
+            if problems:
+                raise ValueError("\n".join(problems))
         if driver == url.drivername and anchored is url:
             return value  # as given: re-rendering would percent-encode it anew
         return SecretStr(anchored.set(drivername=driver).render_as_string(hide_password=False))

@@ -226,7 +226,8 @@ async def test_a_server_that_refuses_the_connection_is_named(
         ("refused", "connection refused", "connection refused by {server}: nothing listens there"),
         ("unknown-host", "unknown host", "unknown host {server}: name resolution failed"),
         ("silent", "timed out",
-         "{server} did not answer in time (CONNECT_TIMEOUT when connecting)"),
+         "{server} did not answer in time (the URL's connect_timeout, else CONNECT_TIMEOUT, "
+         "when connecting)"),
     ],
     ids=["refused", "unknown-host", "silent"],
 )  # fmt: skip

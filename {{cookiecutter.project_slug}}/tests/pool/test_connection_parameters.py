@@ -7,13 +7,19 @@ tests; here, what the plain PostgreSQL server the tests run against can show.
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
+import certifi
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.database import Database
+from {{ cookiecutter.package_name }}.engine import connect_args, create_engines
 
 from ..support import make_settings, requires_postgres, serve
 
@@ -49,36 +55,65 @@ async def test_application_name_options_and_target_session_attrs_reach_the_serve
     assert values == ["billing-api", "8MB", "public"]
 
 
-@requires_postgres
-async def test_a_dropped_parameter_is_said_once_at_startup(
-    database_url: str, caplog: pytest.LogCaptureFixture
+def test_a_dropped_parameter_is_said_once_when_the_engine_is_built(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """channel_binding=require, as provider consoles write it: asyncpg cannot bind, so it
-    is dropped with one line; with sslmode=prefer the plain test server still serves."""
-    url = with_query(database_url, "sslmode=prefer&channel_binding=require")
+    is dropped with one line, TLS still required (test_tls.py in the template connects)."""
+    url = "postgresql+asyncpg://app@db.example/app?sslmode=require&channel_binding=require"
 
     with caplog.at_level(logging.WARNING):
-        async with serve(make_settings(url)) as (_, client):
-            listed = await client.get("/items")
+        engines = create_engines(make_url(url), make_settings(url))
 
-    assert listed.status_code == 200
     notes = [r.getMessage() for r in caplog.records if "channel_binding" in r.getMessage()]
     assert len(notes) == 1
     assert notes[0].startswith("DATABASE_URL: channel_binding=require is dropped: asyncpg")
+    assert engines.read_engine.url.query == {}  # nothing left for asyncpg to refuse
 
 
-@requires_postgres
-async def test_the_tls_keys_passphrase_is_never_logged(
-    database_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    url = with_query(database_url, "sslmode=disable&sslpassword=Zx9-passphrase")
+def asyncpg_arguments(url: str) -> dict[str, Any]:
+    return connect_args(make_url(url), make_settings(url))
 
-    with caplog.at_level(logging.DEBUG):
-        async with serve(make_settings(url)) as (_, client):
-            assert (await client.get("/health/db")).status_code == 200
 
-    assert "Database postgresql+asyncpg://" in caplog.text  # the startup line names it
-    assert "Zx9-passphrase" not in caplog.text
+def test_ssl_true_is_tls_checked_against_the_systems_cas_and_the_host_name() -> None:
+    context = asyncpg_arguments("postgresql+asyncpg://app@db.example/app?ssl=true")["ssl"]
+
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2  # libpq's default
+
+
+def test_libpq_tls_parameters_reach_asyncpg_as_libpq_writes_them() -> None:
+    """asyncpg reads them from a connection string with libpq's meaning."""
+    ca = certifi.where()  # any PEM file of CA certificates: it is read at startup
+    url = (
+        f"postgresql+asyncpg://app@db.example/app?sslmode=verify-full&sslrootcert={ca}"
+        "&ssl_min_protocol_version=TLSv1.3"
+    )
+
+    dsn = asyncpg_arguments(url)["dsn"]
+
+    assert parse_qs(urlsplit(dsn).query) == {
+        "sslmode": ["verify-full"],
+        "sslrootcert": [ca],
+        "ssl_min_protocol_version": ["TLSv1.3"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("connect_timeout=2.5", {"timeout": 2.5}),
+        ("target_session_attrs=read-only", {"target_session_attrs": "read-only"}),
+        # Any readable file: it is read at startup.
+        (f"passfile={quote(__file__)}", {"passfile": __file__}),
+    ],
+)
+def test_connection_options_reach_asyncpg(query: str, expected: dict[str, Any]) -> None:
+    arguments = asyncpg_arguments(f"postgresql+asyncpg://app@db.example/app?{query}")
+
+    assert arguments.items() >= expected.items()
 
 
 @pytest.fixture
