@@ -126,8 +126,13 @@ def test_baked_answers_are_the_settings_defaults(
     assert printed.returncode == 0, printed.stderr
     dumped, database_url = printed.stdout.splitlines()
     settings = json.loads(dumped)
-    # The .env file (written for a URL with a password) gives the app the full URL.
-    assert database_url == answers.pop("database_url")
+    # The .env file (written for a URL with a password) gives the app the full URL, and a
+    # relative SQLite path is the project's, from whichever directory the app starts.
+    answered = make_url(answers.pop("database_url"))
+    in_memory = answered.database in (None, "", ":memory:")
+    if answered.get_backend_name() == "sqlite" and not in_memory and answered.database[0] != "/":
+        answered = answered.set(database=str(project.resolve() / answered.database))
+    assert make_url(database_url) == answered
     assert settings["database_url"] == "**********"
     assert {key: settings[key] for key in answers} == answers
 
