@@ -73,8 +73,11 @@ def engine_url(url: URL) -> URL:
     """``url`` without the parameters ``connect_args`` passes to asyncpg in its own way.
 
     SQLAlchemy would hand each of them to ``asyncpg.connect()`` under its libpq name,
-    which asyncpg refuses; those it handles itself (several hosts) stay.
+    which asyncpg refuses; those it handles itself (several hosts) stay. A SQLite URL's
+    parameters (``?mode=ro&uri=true``) are sqlite3's, and stay too.
     """
+    if url.get_backend_name() != "postgresql":
+        return url
     return url.difference_update_query(set(url.query) - set(SQLALCHEMY_PARAMETERS))
 
 
