@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.database import Database
-from {{ cookiecutter.package_name }}.engine import connect_args, create_engines
+from {{ cookiecutter.package_name }}.engine import connect_args, create_engines, engine_url
 
 from ..support import make_settings, requires_postgres, serve
 
@@ -69,6 +69,14 @@ def test_a_dropped_parameter_is_said_once_when_the_engine_is_built(
     assert len(notes) == 1
     assert notes[0].startswith("DATABASE_URL: channel_binding=require is dropped: asyncpg")
     assert engines.read_engine.url.query == {}  # nothing left for asyncpg to refuse
+
+
+def test_only_a_postgresql_urls_parameters_are_taken_out_for_asyncpg() -> None:
+    postgresql = make_url("postgresql+asyncpg://app@db/app?sslmode=require&host=db2:5432")
+    sqlite = make_url("sqlite+aiosqlite:///file:app.db?mode=ro&uri=true")
+
+    assert engine_url(postgresql).query == {"host": "db2:5432"}  # SQLAlchemy's own
+    assert engine_url(sqlite) == sqlite  # sqlite3's
 
 
 def asyncpg_arguments(url: str) -> dict[str, Any]:
