@@ -91,18 +91,28 @@ def test_pool_recycle_of_hours_to_a_week_is_accepted(
     assert Settings(_env_file=None).pool_recycle == seconds
 
 
-def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
-    """Import the app as uvicorn would, in a folder without a .env file."""
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+# Variables a settings test's own process must not inherit from the run's environment.
+SETTINGS_VARIABLES = {"ENV_FILE", *(name.upper() for name in Settings.model_fields)}
+
+
+def run_python(code: str, cwd: Path, **environment: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a process of its own, started in ``cwd`` as uvicorn or alembic
+    started there would be, with no setting inherited from this run's environment."""
+    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
     return subprocess.run(
-        [sys.executable, "-c", "import {{ cookiecutter.package_name }}.main"],
-        cwd=tmp_path,
+        [sys.executable, "-c", code],
+        cwd=cwd,
         env=env | environment,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
+    """Import the app as uvicorn would, in a folder without a .env file."""
+    return run_python("import {{ cookiecutter.package_name }}.main", tmp_path, **environment)
 
 
 def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
@@ -200,10 +210,6 @@ def test_bad_database_url_stops_the_app_without_showing_it(
     assert "ter2" not in message
 
 
-# Variables a settings test's own process must not inherit from the run's environment.
-SETTINGS_VARIABLES = {"ENV_FILE", *(name.upper() for name in Settings.model_fields)}
-
-
 def settings_seen_from(cwd: Path, **environment: str) -> subprocess.CompletedProcess:
     """Import the settings in a process of their own, started in ``cwd``, as uvicorn or
     alembic started there would; it prints the file read and two settings."""
@@ -214,16 +220,7 @@ def settings_seen_from(cwd: Path, **environment: str) -> subprocess.CompletedPro
         "print(settings.pool_size)\n"
         "print(settings.database_url.get_secret_value())\n"
     )
-    env = {key: value for key, value in os.environ.items() if key not in SETTINGS_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=env | environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python(code, cwd, **environment)
 
 
 def test_the_projects_env_file_is_read_from_any_working_directory(tmp_path: Path) -> None:
