@@ -169,6 +169,15 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def create_role_with_database(server_url: str, role: str, password: str) -> None:
+    """A login role with a password, and a database of the same name that it owns."""
+    postgres_admin(
+        server_url,
+        f"CREATE ROLE {role} LOGIN PASSWORD {sql_literal(password)}",
+        f"CREATE DATABASE {role} OWNER {role}",
+    )
+
+
 class PasswordCheckingPostgres:
     """A PostgreSQL server of the test's own that checks passwords (scram-sha-256) and
     speaks TLS with a certificate for ``localhost`` signed by a CA of the test's own.

@@ -13,8 +13,7 @@ from .support import (
     PasswordCheckingPostgres,
     bake_with_cli,
     clean_environment,
-    postgres_admin,
-    sql_literal,
+    create_role_with_database,
     uvicorn_server,
 )
 
@@ -28,11 +27,7 @@ ROLE = "pool_app"
 @pytest.fixture(scope="module")
 def role_with_password(password_checking_postgres: PasswordCheckingPostgres) -> str:
     """A role and database on a server that checks passwords; the URL to reach them."""
-    postgres_admin(
-        password_checking_postgres.admin_url,
-        f"CREATE ROLE {ROLE} LOGIN PASSWORD {sql_literal(PASSWORD)}",
-        f"CREATE DATABASE {ROLE} OWNER {ROLE}",
-    )
+    create_role_with_database(password_checking_postgres.admin_url, ROLE, PASSWORD)
     encoded = quote(PASSWORD, safe="")
     return (
         f"postgresql+asyncpg://{ROLE}:{encoded}@127.0.0.1:{password_checking_postgres.port}/{ROLE}"

@@ -20,8 +20,7 @@ from .support import (
     PasswordCheckingPostgres,
     bake_with_cli,
     clean_environment,
-    postgres_admin,
-    sql_literal,
+    create_role_with_database,
     uvicorn_server,
 )
 
@@ -33,11 +32,7 @@ PASSWORD = "tls-Secret-7f3"
 
 @pytest.fixture(scope="module")
 def server(password_checking_postgres: PasswordCheckingPostgres) -> PasswordCheckingPostgres:
-    postgres_admin(
-        password_checking_postgres.admin_url,
-        f"CREATE ROLE {ROLE} LOGIN PASSWORD {sql_literal(PASSWORD)}",
-        f"CREATE DATABASE {ROLE} OWNER {ROLE}",
-    )
+    create_role_with_database(password_checking_postgres.admin_url, ROLE, PASSWORD)
     return password_checking_postgres
 
 
