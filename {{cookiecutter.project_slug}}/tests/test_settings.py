@@ -112,7 +112,8 @@ def run_python(code: str, cwd: Path, **environment: str) -> subprocess.Completed
 
 def start_app(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess:
     """Import the app as uvicorn would, in a folder without a .env file."""
-    return run_python("import {{ cookiecutter.package_name }}.main", tmp_path, **environment)
+    code = "import {{ cookiecutter.package_name }}.main"
+    return run_python(code, tmp_path, **environment)
 
 
 def test_bad_settings_stop_the_app_with_one_line_each(tmp_path: Path) -> None:
