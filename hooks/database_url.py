@@ -19,6 +19,9 @@ ENCODING_HINT = (
     "% -> %25, # -> %23, ? -> %3F, $ -> %24, space -> %20"
 )
 
+# What tracked files carry in place of the database password (the real one is in .env).
+PLACEHOLDER = "change-me"
+
 # What users type, and the async driver the baked app uses for it.
 ASYNC_SCHEMES = {
     "postgres": "postgresql+asyncpg",
@@ -90,7 +93,7 @@ class DatabaseUrl(NamedTuple):
 
     @property
     def with_placeholder_password(self) -> str:
-        return self.render(password="change-me" if self.password else None)
+        return self.render(password=PLACEHOLDER if self.password else None)
 
     @property
     def full(self) -> str:

@@ -9,6 +9,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
+from types import FrameType
 
 from cookiecutter.exceptions import FailedHookException
 from jinja2 import Environment
@@ -75,36 +76,61 @@ def database_url_with_placeholder(url: str) -> str:
     return _parsed_url(url).with_placeholder_password
 
 
-def prompted_interactively() -> bool:
-    """Whether the answers are being typed at cookiecutter's prompts, one after the other.
+def calling_frame(module: str, function: str) -> FrameType | None:
+    """The frame of a running call of ``module.function`` below this one, if any.
 
-    cookiecutter hands a filter the answers and nothing else, so this asks the running
-    ``cookiecutter.prompt.prompt_for_config()`` call for its ``no_input`` argument; the
-    command line, the Python API, pytest-cookies and cruft all ask their questions
-    through it. Outside it (or if cookiecutter renames it) the answer is no, and every
-    answer is checked after the last one, as with --no-input: later, never skipped.
+    cookiecutter hands a filter the answers and nothing else; what it and cruft are doing
+    is read off their running calls instead.
     """
     frame = inspect.currentframe()
     while frame is not None:
-        if (
-            frame.f_code.co_name == "prompt_for_config"
-            and frame.f_globals.get("__name__") == "cookiecutter.prompt"
-        ):
-            return not frame.f_locals.get("no_input", True)
+        if frame.f_code.co_name == function and frame.f_globals.get("__name__") == module:
+            return frame
         frame = frame.f_back
-    return False
+    return None
 
 
-def refuse(problems: list[str]) -> FailedHookException:
+def prompted_interactively() -> bool:
+    """Whether the answers are being typed at cookiecutter's prompts, one after the other.
+
+    Asks the running ``cookiecutter.prompt.prompt_for_config()`` call for its ``no_input``
+    argument; the command line, the Python API, pytest-cookies and cruft all ask their
+    questions through it. Outside it (or if cookiecutter renames it) the answer is no, and
+    every answer is checked after the last one, as with --no-input: later, never skipped.
+    """
+    frame = calling_frame("cookiecutter.prompt", "prompt_for_config")
+    return frame is not None and not frame.f_locals.get("no_input", True)
+
+
+def cruft_command() -> str | None:
+    """What cruft is doing, if this bake is cruft's.
+
+    "create" under ``cruft create``; "regenerate" while ``cruft update`` or ``cruft diff``
+    renders the template again in a temporary folder to compute the change (cruft #143,
+    #199, #334: the hooks run there too, and must neither touch the user's project nor
+    make a git repository that would end up in the diff); None otherwise.
+    """
+    if calling_frame("cruft._commands.utils.generate", "_generate_output"):
+        return "regenerate"
+    if calling_frame("cruft._commands.create", "create"):
+        return "create"
+    return None
+
+
+def refuse(problems: list[str]) -> Exception:
     """The exception that stops the bake, with one line per problem and nothing else.
 
     cookiecutter's command line prints a FailedHookException's message alone and exits 1,
-    where a failing pre_gen_project hook would be buried under a traceback.
+    where a failing pre_gen_project hook would be buried under a traceback. cruft prints a
+    traceback for any exception but SystemExit: under cruft the lines are printed here,
+    and SystemExit(1) ends the command.
     """
     answers = "The answer was" if len(problems) == 1 else "The answers were"
-    return FailedHookException(
-        "\n".join([f"{answers} not accepted, and nothing was written:", *problems])
-    )
+    message = "\n".join([f"{answers} not accepted, and nothing was written:", *problems])
+    if cruft_command() is not None:
+        print(message, file=sys.stderr)
+        return SystemExit(1)
+    return FailedHookException(message)
 
 
 def check_answer_now(answers: dict, name: str) -> str:
@@ -117,8 +143,9 @@ def check_answer_now(answers: dict, name: str) -> str:
     (a URL rewritten for the async driver, ...) are printed either way.
     """
     report = check_answer(name, answers)
-    for notice in report.notices:
-        print(notice, file=sys.stderr)
+    if cruft_command() != "regenerate":  # the user saw them when the project was made
+        for notice in report.notices:
+            print(notice, file=sys.stderr)
     if report.problems and prompted_interactively():
         raise refuse(report.problems)
     return "checked"
@@ -139,7 +166,34 @@ def reject_bad_answers(answers: dict) -> str:
     if replay_file is not None and database_url.parse(str(answers["database_url"])).password:
         # The hooks redact it on every path that reaches them; this covers the rest.
         atexit.register(redact_replay_at_exit, replay_file)
+    keep_the_password_out_of_the_answers(answers)
     return "checked"
+
+
+# The database password of the bake under way, in this process only, by the URL without it.
+_passwords: dict[str, str] = {}
+
+
+def keep_the_password_out_of_the_answers(answers: dict) -> None:
+    """Put change-me in the answers in place of the database password, and keep the
+    password here for the post_gen_project hook, which writes it to ``.env`` only.
+
+    What cookiecutter and cruft save of a bake is these answers: cookiecutter's replay
+    file, and cruft's ``.cruft.json``, which the project commits and which ``cruft update``
+    renders the template from again. Neither then holds the password, and a re-render
+    puts the same change-me in tracked files as the first bake did.
+    """
+    _passwords.clear()
+    parsed = database_url.parse(database_url.normalise(str(answers["database_url"]))[0])
+    if parsed is not None and parsed.password and parsed.password != database_url.PLACEHOLDER:
+        _passwords[parsed.without_password] = parsed.password
+        answers["database_url"] = parsed.with_placeholder_password
+
+
+def database_password(url: str) -> str | None:
+    """The password taken out of this bake's ``url``, for the hook that writes ``.env``;
+    None when the answers came without one (a --replay bake, a cruft re-render)."""
+    return _passwords.get(_parsed_url(url).without_password)
 
 
 def redact_replay_at_exit(replay_file: Path) -> None:
@@ -163,6 +217,8 @@ class TemplateExtension(Extension):
         environment.filters["database_url_with_placeholder"] = database_url_with_placeholder
         environment.filters["check_answer_now"] = check_answer_now
         environment.filters["reject_bad_answers"] = reject_bad_answers
+        environment.filters["database_password"] = database_password
         environment.globals["replay_file"] = replay_file
+        environment.globals["cruft_command"] = cruft_command
         # The hook scripts run from a temporary copy; this is how they find this package.
         environment.globals["template_dir"] = str(Path(__file__).resolve().parent.parent)

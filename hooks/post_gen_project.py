@@ -8,6 +8,10 @@ from pathlib import Path
 
 # Answers arrive as JSON in a raw string (spaced from its quotes): data, never code.
 ANSWERS = json.loads(r""" {{ cookiecutter | tojson }} """)
+# The answers hold change-me for the password, which the Jinja extension kept aside.
+PASSWORD = json.loads(r""" {{ cookiecutter.database_url | database_password | tojson }} """)
+# "create" under cruft create, "regenerate" while cruft update or diff renders again.
+CRUFT = json.loads(r""" {{ cruft_command() | tojson }} """)
 sys.path.insert(0, json.loads(r""" {{ template_dir | tojson }} """))
 
 from hooks import database_url  # noqa: E402
@@ -20,13 +24,22 @@ if ANSWERS["use_alembic"] not in (True, "yes", "y", "true"):
     (project_dir / "alembic.ini").unlink()
     (project_dir / "tests" / "test_migrations.py").unlink()
     shutil.rmtree(project_dir / "src" / ANSWERS["package_name"] / "migrations")
-url, _ = database_url.normalise(ANSWERS["database_url"])
-if write_env_file(project_dir, url):
+if CRUFT == "regenerate":
+    # cruft compares this temporary copy with another: no .env, repository or advice.
+    sys.exit(0)
+url = database_url.parse(database_url.normalise(ANSWERS["database_url"])[0])
+if PASSWORD is not None and write_env_file(project_dir, url._replace(password=PASSWORD).full):
     print(
         f"The database URL with its password is in {project_dir / '.env'} (git-ignored, "
         "owner-only); tracked files carry it with change-me in place of the password."
     )
-elif not url.startswith("sqlite"):  # a SQLite file has no server and no password
+elif url.password == database_url.PLACEHOLDER:
+    print(
+        "The database URL has the placeholder password change-me (the answers held no "
+        "password: a --replay bake saves none). Put the real URL in .env (git-ignored), as "
+        ".env.example shows; the app says so at startup until then."
+    )
+elif not url.scheme.startswith("sqlite"):  # a SQLite file has no server and no password
     print(
         "The database URL has no password; it is the default in settings.py. If the server "
         "needs one, set DATABASE_URL in .env (git-ignored), as .env.example shows."
@@ -34,6 +47,12 @@ elif not url.startswith("sqlite"):  # a SQLite file has no server and no passwor
 if ANSWERS["git_init"] in (True, "yes", "y", "true"):
     # After .env is written: the first commit must show that git ignores it.
     print(create_repository(project_dir, ANSWERS["author_name"], ANSWERS["author_email"]))
+    if CRUFT == "create":
+        print(
+            "cruft writes .cruft.json (the template, its commit and your answers, no "
+            "password) after this: commit it too, git add .cruft.json && git commit -m "
+            "'Record the template for cruft'"
+        )
 # python3, not python: Debian and Ubuntu have no `python` unless python-is-python3 is
 # installed. pip takes PEP 735 groups (--group) from 25.1 on, hence the upgrade first.
 # The full path to cd to: the project is wherever --output-dir put it.
