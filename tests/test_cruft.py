@@ -66,6 +66,11 @@ def test_cruft_create_keeps_the_password_in_env_only(template_repo: Path, tmp_pa
     assert "commit it too, git add .cruft.json" in made.stdout
     assert tracked_files_holding(project, PASSWORD) == []
     assert cruft(project, "check").returncode == 0
+    # cruft renders the template again, hooks and all, and finds exactly this project:
+    # no .env, git repository or other leftover of the hooks' in the comparison.
+    compared = cruft(project, "diff", "--exit-code")
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    assert compared.stdout == ""
 
 
 def test_cruft_create_refuses_a_bad_answer_in_one_line_and_writes_nothing(
