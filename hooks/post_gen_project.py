@@ -24,6 +24,10 @@ if ANSWERS["use_alembic"] not in (True, "yes", "y", "true"):
     (project_dir / "alembic.ini").unlink()
     (project_dir / "tests" / "test_migrations.py").unlink()
     shutil.rmtree(project_dir / "src" / ANSWERS["package_name"] / "migrations")
+if ANSWERS["metrics"] not in (True, "yes", "y", "true"):
+    (project_dir / "src" / ANSWERS["package_name"] / "metrics.py").unlink()
+    (project_dir / "tests" / "test_metrics.py").unlink()
+    (project_dir / "tests" / "pool" / "test_metrics.py").unlink()
 if CRUFT == "regenerate":
     # cruft compares this temporary copy with another: no .env, repository or advice.
     sys.exit(0)

@@ -193,11 +193,14 @@ def parse_boolean(value: object) -> bool | None:
     return BOOLEAN_WORDS.get(str(value).strip().lower())
 
 
-def check_pool_pre_ping(answers: dict) -> Report:
-    if parse_boolean(answers["pool_pre_ping"]) is None:
-        shown = repr(str(answers["pool_pre_ping"]))
-        return Report([f"pool_pre_ping: {shown} is not yes or no; accepted: yes, no"], [])
-    return Report([], [])
+def yes_or_no(name: str) -> Callable[[dict], Report]:
+    def check(answers: dict) -> Report:
+        if parse_boolean(answers[name]) is None:
+            shown = repr(str(answers[name]))
+            return Report([f"{name}: {shown} is not yes or no; accepted: yes, no"], [])
+        return Report([], [])
+
+    return check
 
 
 def check_connection_pooler(answers: dict) -> Report:
@@ -263,10 +266,11 @@ ANSWER_CHECKS: dict[str, Callable[[dict], Report]] = {
     "max_overflow": check_max_overflow,
     "pool_timeout": number("pool_timeout"),
     "pool_recycle": number("pool_recycle"),
-    "pool_pre_ping": check_pool_pre_ping,
+    "pool_pre_ping": yes_or_no("pool_pre_ping"),
     "workers": number("workers"),
     "db_max_connections": number("db_max_connections"),
     "connection_pooler": check_connection_pooler,
+    "metrics": yes_or_no("metrics"),
 }
 
 

@@ -132,7 +132,7 @@ def test_every_variant_declares_the_same_dependencies(cookies, context: dict) ->
     defaults = tomllib.loads((bake(cookies, {}) / "pyproject.toml").read_text())
     variant = tomllib.loads((bake(cookies, context) / "pyproject.toml").read_text())
 
-    # A variant may leave a dependency out (alembic), never add one.
+    # A variant may leave a dependency out (alembic, prometheus-client), never add one.
     assert set(variant["project"]["dependencies"]) <= set(defaults["project"]["dependencies"])
     assert variant["dependency-groups"] == defaults["dependency-groups"]
 
@@ -152,6 +152,18 @@ def test_password_is_only_in_the_git_ignored_env_file(cookies) -> None:
     env_file = project / ".env"
     assert POSTGRES_URL_WITH_PASSWORD in env_file.read_text(encoding="utf-8")
     assert env_file.stat().st_mode & 0o077 == 0, ".env must be readable by its owner only"
+
+
+def test_without_metrics_no_metrics_code_or_dependency_is_left(cookies) -> None:
+    project = bake(cookies, {"metrics": False})
+
+    assert not (project / "src" / "my_service" / "metrics.py").exists()
+    assert not (project / "tests" / "test_metrics.py").exists()
+    assert not (project / "tests" / "pool" / "test_metrics.py").exists()
+    metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+    assert not any(dependency.startswith("prometheus") for dependency in metadata["dependencies"])
+    for path in (project / "src").rglob("*.py"):
+        assert "metrics" not in path.read_text(encoding="utf-8"), path
 
 
 def test_without_alembic_no_migration_files_are_left(cookies) -> None:

@@ -191,6 +191,8 @@ DEFAULT_ANSWERS = {
     "workers": "1",
     "db_max_connections": "100",
     "connection_pooler": "none",
+    "use_alembic": True,
+    "metrics": True,
 }
 POSTGRES = {"database_url": "postgresql+asyncpg://app@db/app"}
 # 16 workers x (200 + 100) = 4800 connections of a server's 5000.
@@ -212,6 +214,7 @@ def test_default_answers_have_no_problems() -> None:
         ({"pool_timeout": "inf"}, "pool_timeout: 'inf' is not a number"),
         ({"pool_size": "\u0665"}, "pool_size: '\u0665' is not a whole number"),
         ({"pool_pre_ping": "maybe"}, "pool_pre_ping: 'maybe' is not yes or no"),
+        ({"metrics": "perhaps"}, "metrics: 'perhaps' is not yes or no"),
         ({"db_max_connections": "3"}, "db_max_connections: 3 is out of range"),
         ({"project_name": "Line\u2028separator"}, "project_name: 'Line\\u2028separator' has a"),
         ({"pool_recycle": "-5"}, "pool_recycle: -5 is out of range"),

@@ -59,7 +59,12 @@ def test_dockerfile_runs_the_app_the_way_readme_says(project: Path) -> None:
     shell, flag, line = yaml.safe_load(command)
     # A shell, so that --workers takes WORKERS, the setting the budget check counts.
     assert (shell, flag) == ("sh", "-c")
-    arguments = line.split()
+    # Before uvicorn, only the metrics directory is emptied, as prometheus_client asks.
+    emptied, exec_, command = line.partition("exec ")
+    directory = '"$PROMETHEUS_MULTIPROC_DIR"'
+    assert emptied == f"rm -rf {directory} && mkdir -p {directory} && "
+    assert re.search(r"^ENV PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus$", dockerfile, re.MULTILINE)
+    arguments = (exec_ + command).split()
     assert arguments[:3] == ["exec", "uvicorn", "my_service.main:app"]
     assert arguments[arguments.index("--workers") + 1] == '"$WORKERS"'
     assert re.search(r"^ENV WORKERS=1$", dockerfile, re.MULTILINE)

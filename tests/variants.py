@@ -14,8 +14,9 @@ VARIANTS = [
             "database_url": "sqlite+aiosqlite:///:memory:",
             "pool_pre_ping": False,
             "use_alembic": False,
+            "metrics": False,
         },
-        id="sqlite-memory-no-pre-ping-no-alembic",
+        id="sqlite-memory-no-pre-ping-no-alembic-no-metrics",
     ),
     pytest.param(
         {

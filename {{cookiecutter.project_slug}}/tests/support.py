@@ -16,6 +16,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
+{%- if cookiecutter.metrics %}
+from prometheus_client.parser import text_string_to_metric_families
+{%- endif %}
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -144,3 +147,21 @@ async def uvicorn_server(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+{%- if cookiecutter.metrics %}
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset], float]:
+    """``GET /metrics``, parsed: each sample's value by its name and labels."""
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def sample(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """The value of the sample ``name`` with exactly these labels; 0 when there is none."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+{%- endif %}

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from .connection_failures import Failure
 
@@ -36,12 +37,26 @@ class DatabaseUnreachableError(Exception):
         self.failure = failure
 
 
+class AdmissionObserver(Protocol):
+    """Told of the queue's events, to measure them; none of these may block."""
+
+    def waiting_changed(self, waiting: int) -> None:
+        """``waiting`` requests are queued for a connection now."""
+
+    def admitted(self, waited: float) -> None:
+        """A request got its turn at the pool after ``waited`` seconds (0.0: no queue)."""
+
+    def timed_out(self) -> None:
+        """A request waited ``timeout`` seconds in vain: it gets PoolBusyError (a 503)."""
+
+
 class Admission:
     """A first-come, first-served queue of at most ``capacity`` requests at a time.
 
     ``capacity`` is the pool's, in connections (None: no limit); ``timeout`` and
     ``wait_warning`` are in seconds. ``admit()`` raises ``PoolBusyError`` after waiting
-    ``timeout``, and ``DatabaseUnreachableError`` while failing fast.
+    ``timeout``, and ``DatabaseUnreachableError`` while failing fast. ``observer``, if set,
+    is told of each wait and its end.
     """
 
     def __init__(self, capacity: int | None, timeout: float, wait_warning: float) -> None:
@@ -54,6 +69,7 @@ class Admission:
         self.admitted = 0
         self._fail_fast_until = 0.0
         self._last_failure = Failure("connection failure", "a connect failed")
+        self.observer: AdmissionObserver | None = None
 
     @property
     def full(self) -> bool:
@@ -76,7 +92,7 @@ class Admission:
             yield
             return
         if self._slots.locked():
-            await self._wait_for(self._slots)
+            waited = await self._wait_for(self._slots)
             # Again after the wait: a request queued behind a failed connect fails at once.
             try:
                 self.raise_if_recently_unreachable()
@@ -85,6 +101,9 @@ class Admission:
                 raise
         else:  # a slot is free and nobody is queued: no timer needed
             await self._slots.acquire()
+            waited = 0.0
+        if self.observer is not None:
+            self.observer.admitted(waited)
         self.admitted += 1
         try:
             yield
@@ -92,16 +111,25 @@ class Admission:
             self.admitted -= 1
             self._slots.release()
 
-    async def _wait_for(self, slots: asyncio.Semaphore) -> None:
+    async def _wait_for(self, slots: asyncio.Semaphore) -> float:
+        """Queue for a slot; the seconds waited."""
         started = time.monotonic()
-        self.waiting += 1
+        self._count_waiting(+1)
         try:
             async with asyncio.timeout(self.timeout):
                 await slots.acquire()
         except TimeoutError:
+            if self.observer is not None:
+                self.observer.timed_out()
             raise PoolBusyError(f"no connection was free within {self.timeout:g} s") from None
         finally:
-            self.waiting -= 1
+            self._count_waiting(-1)
         waited = time.monotonic() - started
         if waited > self.wait_warning:
             logger.warning("A request waited %.2f s for a database connection", waited)
+        return waited
+
+    def _count_waiting(self, change: int) -> None:
+        self.waiting += change
+        if self.observer is not None:
+            self.observer.waiting_changed(self.waiting)

@@ -18,11 +18,20 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+{%- if cookiecutter.metrics %}
+    metrics = None
+    if settings.metrics:
+        from . import metrics  # here, so that METRICS=false never loads prometheus_client
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings, Base.metadata)
         app.state.database = database
+{%- if cookiecutter.metrics %}
+        if metrics is not None:
+            metrics.PoolMetrics(database)  # before anything connects
+{%- endif %}
         logger.info("Database %s, pool %s", database.url, database.pool_status())
         if has_placeholder_password(settings):
             logger.warning(
@@ -49,12 +58,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Closes every pooled connection while the event loop is still running.
             await database.dispose()
+{%- if cookiecutter.metrics %}
+            if metrics is not None:
+                metrics.worker_stopped()
+{%- endif %}
 
     app = FastAPI(
         title={{ cookiecutter.project_name | python_string }},
         lifespan=lifespan,
     )
     add_error_handlers(app)
+{%- if cookiecutter.metrics %}
+    if metrics is not None:
+        metrics.install(app, settings)
+{%- endif %}
     app.include_router(items.router)
     app.include_router(health.router)
     return app

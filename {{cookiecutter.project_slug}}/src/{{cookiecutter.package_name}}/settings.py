@@ -146,6 +146,11 @@ class Settings(BaseSettings):
     # "null": no pooling in the app, a new connection per request (SQLAlchemy's NullPool),
     # to measure what the pool buys, or behind a pooler that should hold every connection.
     pool_class: Literal["queue", "null"] = "queue"
+{%- if cookiecutter.metrics %}
+    # Prometheus metrics at /metrics, the pool's and the requests' (metrics.py); false: no
+    # /metrics route, and prometheus_client is not even imported.
+    metrics: bool = True
+{%- endif %}
 
     @field_validator("database_url")
     @classmethod
