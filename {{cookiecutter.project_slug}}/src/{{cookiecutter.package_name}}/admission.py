@@ -88,7 +88,9 @@ class Admission:
     async def admit(self) -> AsyncIterator[None]:
         """Hold one of the pool's connections' worth of capacity for the block."""
         self.raise_if_recently_unreachable()
-        if self._slots is None:
+        if self._slots is None:  # nothing to queue for: no wait
+            if self.observer is not None:
+                self.observer.admitted(0.0)
             yield
             return
         if self._slots.locked():
