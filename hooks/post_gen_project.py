@@ -28,6 +28,7 @@ if ANSWERS["metrics"] not in (True, "yes", "y", "true"):
     (project_dir / "src" / ANSWERS["package_name"] / "metrics.py").unlink()
     (project_dir / "tests" / "test_metrics.py").unlink()
     (project_dir / "tests" / "pool" / "test_metrics.py").unlink()
+    shutil.rmtree(project_dir / "grafana")  # the dashboard reads those metrics
 if CRUFT == "regenerate":
     # cruft compares this temporary copy with another: no .env, repository or advice.
     sys.exit(0)
