@@ -26,7 +26,9 @@ if ANSWERS["use_alembic"] not in (True, "yes", "y", "true"):
     shutil.rmtree(project_dir / "src" / ANSWERS["package_name"] / "migrations")
 if ANSWERS["metrics"] not in (True, "yes", "y", "true"):
     (project_dir / "src" / ANSWERS["package_name"] / "metrics.py").unlink()
+    (project_dir / "src" / ANSWERS["package_name"] / "tracing.py").unlink()
     (project_dir / "tests" / "test_metrics.py").unlink()
+    (project_dir / "tests" / "test_tracing.py").unlink()
     (project_dir / "tests" / "pool" / "test_metrics.py").unlink()
     shutil.rmtree(project_dir / "grafana")  # the dashboard reads those metrics
 if CRUFT == "regenerate":

@@ -11,7 +11,16 @@ from .database import DATABASE_ERRORS, Database
 from .errors import add_error_handlers, describe
 from .models import Base
 from .routers import health, items
+{%- if cookiecutter.metrics %}
+from .settings import (
+    Settings,
+    has_placeholder_password,
+    load_settings,
+    tracing_requested,
+)
+{%- else %}
 from .settings import Settings, has_placeholder_password, load_settings
+{%- endif %}
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = None
     if settings.metrics:
         from . import metrics  # here, so that METRICS=false never loads prometheus_client
+    tracing = None
+    if tracing_requested():
+        from .tracing import Tracing  # here, so that without an endpoint nothing of it loads
+
+        tracing = Tracing(service_name={{ cookiecutter.project_slug | python_string }})
 {%- endif %}
 
     @asynccontextmanager
@@ -31,6 +45,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.metrics %}
         if metrics is not None:
             metrics.PoolMetrics(database)  # before anything connects
+        if tracing is not None:
+            # The engine whose events the write engine shares (engine.py): both traced.
+            tracing.instrument_engines(database.read_engine)
 {%- endif %}
         logger.info("Database %s, pool %s", database.url, database.pool_status())
         if has_placeholder_password(settings):
@@ -61,11 +78,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- if cookiecutter.metrics %}
             if metrics is not None:
                 metrics.worker_stopped()
+            if tracing is not None:
+                tracing.shutdown()
 {%- endif %}
 
     app = FastAPI(
         title={{ cookiecutter.project_name | python_string }},
         lifespan=lifespan,
+{%- if cookiecutter.metrics %}
+        # FastAPI's request spans, through the tracer provider of tracing.py.
+        telemetry=None if tracing is None else tracing.telemetry,
+{%- endif %}
     )
     add_error_handlers(app)
 {%- if cookiecutter.metrics %}

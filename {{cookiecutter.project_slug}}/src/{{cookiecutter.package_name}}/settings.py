@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+{% if cookiecutter.metrics -%}
+from dotenv import dotenv_values
+{% endif -%}
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -212,3 +215,29 @@ def has_placeholder_password(settings: Settings) -> bool:
     """Whether DATABASE_URL still carries the placeholder instead of a real password."""
     url = make_url(settings.database_url.get_secret_value())
     return url.password == PLACEHOLDER_PASSWORD
+{%- if cookiecutter.metrics %}
+
+
+# OpenTelemetry's variables that name where traces go (tracing.py).
+OTLP_ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+
+
+def export_opentelemetry_variables() -> None:
+    """Put the settings file's ``OTEL_*`` lines into the environment, where OpenTelemetry's
+    SDK reads its settings: a variable already in the environment wins, as for the app's
+    own settings."""
+    path = Settings.model_config.get("env_file")
+    if path is None or not Path(path).is_file():
+        return
+    for name, value in dotenv_values(path, encoding="utf-8").items():
+        if name.upper().startswith("OTEL_") and value is not None:
+            os.environ.setdefault(name.upper(), value)
+
+
+def tracing_requested() -> bool:
+    """Whether the environment asks for traces: an OTLP endpoint is set and
+    ``OTEL_SDK_DISABLED`` is not ``true`` (OpenTelemetry's rules for these variables)."""
+    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+    endpoints = (os.environ.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES)
+    return not disabled and any(endpoints)
+{%- endif %}
