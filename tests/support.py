@@ -295,3 +295,72 @@ class PgBouncer:
             self.process.terminate()
             self.process.wait(timeout=10)
         shutil.rmtree(self.base)
+
+
+class Prometheus:
+    """A real Prometheus (Debian's package) on a free 127.0.0.1 port, scraping one target
+    every second, with its data in a temporary directory removed when it stops."""
+
+    SCRAPE_SECONDS = 1
+
+    def __init__(self, executable: str, target: str) -> None:
+        self.executable = executable
+        self.target = target  # host:port of the app
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="pool-template-prometheus-"))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_file = open(self.base / "log", "w")  # noqa: SIM115 - closed in stop()
+        config = self.base / "prometheus.yml"
+        config.write_text(
+            "global:\n"
+            f"  scrape_interval: {self.SCRAPE_SECONDS}s\n"
+            f"  scrape_timeout: {self.SCRAPE_SECONDS}s\n"
+            "scrape_configs:\n"
+            "  - job_name: app\n"
+            f"    static_configs: [{{targets: ['{self.target}']}}]\n"
+        )
+        self.process = subprocess.Popen(
+            [
+                self.executable, f"--config.file={config}",
+                f"--storage.tsdb.path={self.base / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_file,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.process.poll() is None, self.log()
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus was not ready in 30 s: " + self.log()
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        return (self.base / "log").read_text()
+
+    def query(self, expression: str) -> list[dict]:
+        """The instant vector ``expression`` evaluates to now (Prometheus's HTTP API)."""
+        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expression})
+        body = response.json()
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def value(self, expression: str) -> float | None:
+        """The single value of ``expression`` now, or None when it has no series yet."""
+        result = self.query(expression)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.log_file.close()
+        shutil.rmtree(self.base)
