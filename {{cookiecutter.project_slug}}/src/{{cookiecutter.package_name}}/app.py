@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from .database import DATABASE_ERRORS, Database
 from .errors import add_error_handlers, describe
 from .models import Base
+from .replica_fallback import ReplicaFallback
 from .routers import health, items
 {%- if cookiecutter.metrics %}
 from .settings import (
@@ -44,12 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = database
 {%- if cookiecutter.metrics %}
         if metrics is not None:
-            metrics.PoolMetrics(database)  # before anything connects
+            # Before anything connects.
+            for pool in (database, *database.replicas):
+                metrics.PoolMetrics(pool)
         if tracing is not None:
             # The engine whose events the write engine shares (engine.py): both traced.
-            tracing.instrument_engines(database.read_engine)
+            replica_engines = (replica.engine for replica in database.replicas)
+            tracing.instrument_engines(database.read_engine, *replica_engines)
 {%- endif %}
         logger.info("Database %s, pool %s", database.url, database.pool_status())
+        for replica in database.replicas:
+            logger.info("Read replica %s, pool %s", replica.url, replica.pool_status())
         if has_placeholder_password(settings):
             logger.warning(
                 "DATABASE_URL still has the placeholder password: set the real one in .env "
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # is back, instead of an orchestrator restarting the process in a loop.
             reason = describe(error, database.url)
             logger.error("Database %s unreachable at startup: %s", database.url, reason)
+        database.replicas.start()  # checks each replica now, and then every few seconds
         # Everything made so far lives as long as the process: freezing it keeps the
         # collector from walking it again, which under load made pauses of 50 ms or more.
         # (No gc.collect() first: at this point it frees about a hundred objects, and costs
@@ -91,6 +98,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 {%- endif %}
     )
     add_error_handlers(app)
+    if settings.replica_urls:
+        # Inside the metrics and traces: a read run again is one request to them.
+        app.add_middleware(ReplicaFallback)
 {%- if cookiecutter.metrics %}
     if metrics is not None:
         metrics.install(app, settings)

@@ -17,8 +17,13 @@ SERVER_LIMITS = text(
 )
 
 
-async def warn_if_over_budget(connection: AsyncConnection, settings: Settings) -> None:
-    """Log a warning when WORKERS pools could open more connections than the server allows."""
+async def warn_if_over_budget(
+    connection: AsyncConnection, settings: Settings, pools: int = 1, server: str = "the server"
+) -> None:
+    """Log a warning when the pools that reach the server of ``connection`` could open
+    more connections than it allows: ``pools`` pools in each of WORKERS processes (the
+    primary's, and a replica's whose URL names the same host and port), each of up to
+    POOL_SIZE + MAX_OVERFLOW connections. ``server`` names it in the warning."""
     if connection.dialect.name != "postgresql":
         return
     if settings.connection_pooler == "pgbouncer":
@@ -33,12 +38,16 @@ async def warn_if_over_budget(connection: AsyncConnection, settings: Settings) -
             max_connections, available, settings.workers,
         )  # fmt: skip
         return
-    needed = settings.workers * (settings.pool_size + settings.max_overflow)
+    needed = pools * settings.workers * (settings.pool_size + settings.max_overflow)
     if needed > available:
+        formula = "WORKERS x (POOL_SIZE + MAX_OVERFLOW)"
+        numbers = f"{settings.workers} x ({settings.pool_size} + {settings.max_overflow})"
+        if pools > 1:  # the primary's pool and replicas' on one server
+            formula, numbers = f"pools x {formula}", f"{pools} x {numbers}"
         logger.warning(
-            "Connection budget exceeded: WORKERS x (POOL_SIZE + MAX_OVERFLOW) = %d x (%d + %d) "
-            "= %d, but the server's max_connections=%d leaves %d for applications (%d "
-            "reserved); lower POOL_SIZE, MAX_OVERFLOW or WORKERS, or raise max_connections",
-            settings.workers, settings.pool_size, settings.max_overflow, needed,
-            max_connections, available, superuser_reserved + reserved,
+            "Connection budget exceeded on %s: %s = %s = %d, but its max_connections=%d "
+            "leaves %d for applications (%d reserved); lower POOL_SIZE, MAX_OVERFLOW or "
+            "WORKERS, or raise max_connections",
+            server, formula, numbers, needed, max_connections, available,
+            superuser_reserved + reserved,
         )  # fmt: skip

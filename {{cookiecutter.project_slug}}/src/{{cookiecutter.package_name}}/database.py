@@ -1,4 +1,5 @@
-"""The database of one process: its engine and pool, sessions, and the schema check.
+"""The database of one process: its engine and pool, its read replicas' pools
+(replicas.py), sessions, and the schema check.
 
 Endpoint code does not use this module: it takes a session from ``SessionDep`` or
 ``ReadSessionDep`` (dependencies.py). Background tasks and streaming responses use
@@ -18,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .admission import Admission, DatabaseUnreachableError, PoolBusyError
 from .connection_budget import warn_if_over_budget
 from .engine import create_engines
-from .pool_status import ConnectionCounter, pool_capacity, pool_status
+from .pool_status import ConnectionCounter, pool_capacity, pool_name, pool_status
 from .pre_ping import RETRY_READS
 from .read_session import ReadOnlySession
+from .replicas import Replica, Replicas
 from .schema import create_schema
 from .settings import Settings
 
@@ -66,6 +68,9 @@ class Database:
         )
         self.connections = ConnectionCounter(self.engine)
         event.listen(self.engine.sync_engine, "invalidate", log_invalidation)
+        self.name = pool_name(self.url)
+        urls = [url.get_secret_value() for url in settings.replica_urls]
+        self.replicas = Replicas(urls, settings, self.name)
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now (pool_status.py)."""
@@ -85,7 +90,8 @@ class Database:
             async with self._schema_lock:
                 if not self.schema_ready:
                     await create_schema(connection, self.metadata)
-                    await warn_if_over_budget(connection, self.settings)
+                    pools = self.replicas.pools_on(self.name)
+                    await warn_if_over_budget(connection, self.settings, pools, self.name)
                     self.schema_ready = True
 
     @asynccontextmanager
@@ -100,12 +106,17 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def read_session(self) -> AsyncIterator[AsyncSession]:
+    async def read_session(self, replica: Replica | None = None) -> AsyncIterator[AsyncSession]:
         """A session for reading, on an autocommit connection: one round trip per statement.
 
         No transaction is begun or rolled back around the statements, so two of them may
-        see different snapshots; it refuses to write (read_session.py).
+        see different snapshots; it refuses to write (read_session.py). On ``replica``'s
+        pool when one is given (``replicas.choose()``), else on the primary's.
         """
+        if replica is not None:
+            async with replica.admission.admit(), replica.session_factory() as session:
+                yield session
+            return
         async with self._admitted(), self.read_session_factory() as session:
             yield session
 
@@ -120,6 +131,7 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection; connections still checked out close on return."""
         checked_out = self.pool_status()["checked_out"]
+        await self.replicas.dispose()
         await self.read_engine.dispose()
         logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)
 

@@ -21,8 +21,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .database import Database
+from .admission import PoolBusyError
+from .database import DATABASE_ERRORS, Database
 from .read_session import refuse_unsaved_changes
+from .replicas import READ_FROM_PRIMARY
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -49,11 +51,23 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
     Each statement is one round trip, with no BEGIN or ROLLBACK around it; two statements
     may see different snapshots. It refuses to write (read_session.py): an error, a 500,
     never a 2xx for a write that was not stored.
+
+    With read replicas (REPLICA_URLS), the session is on the next usable replica's pool
+    (replicas.py); a read the replica could not serve runs again on the primary
+    (replica_fallback.py).
     """
     database: Database = claim_one_session(request, "ReadSessionDep")
-    async with database.read_session() as session:
-        yield session
-        refuse_unsaved_changes(session.sync_session)
+    replica = None if request.scope.get(READ_FROM_PRIMARY) else database.replicas.choose()
+    request.state.read_replica = replica
+    try:
+        async with database.read_session(replica) as session:
+            yield session
+            refuse_unsaved_changes(session.sync_session)
+    except DATABASE_ERRORS as error:
+        if replica is not None and not isinstance(error, PoolBusyError):
+            replica.failed(error)
+            request.state.replica_failed = True
+        raise
 
 
 def claim_one_session(request: Request, dependency: str) -> Database:

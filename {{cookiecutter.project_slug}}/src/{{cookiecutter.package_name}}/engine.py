@@ -33,15 +33,16 @@ class Engines(NamedTuple):
     pre_ping: bool  # whether pre_ping.py's checks are installed
 
 
-def create_engines(url: URL, settings: Settings) -> Engines:
+def create_engines(url: URL, settings: Settings, setting: str = "DATABASE_URL") -> Engines:
     """The two engines over one pool, with pre-ping installed when the settings ask for it.
 
+    ``setting`` names where the URL came from, in the notes logged about its parameters.
     Raises ``ValueError`` (one line per problem) when the URL's parameters cannot be used,
     which ``Settings`` has refused already.
     """
     if url.get_backend_name() == "postgresql":
         for note in read_parameters(url.query).notes:
-            logger.warning("DATABASE_URL: %s", note)
+            logger.warning("%s: %s", setting, note)
     read_engine = create_async_engine(
         engine_url(url),
         isolation_level="AUTOCOMMIT",

@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from .admission import DatabaseUnreachableError, PoolBusyError
 from .connection_failures import Failure, exception_chain, name_failure, sqlstate_of
 from .database import Database
+from .replicas import Replica
 from .stale_statements import STALE_STATEMENT, is_stale_statement
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,24 @@ def error_response(status_code: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code, headers=headers)
 
 
+def pool_used(request: Request) -> Database | Replica:
+    """The pool the request's session came from: a read replica's, or the primary's."""
+    return getattr(request.state, "read_replica", None) or request.app.state.database
+
+
+def label(pool: Database | Replica) -> str:
+    """How the log names a pool: "Database" for the primary's, as with no replicas."""
+    return f"Read replica {pool.name}" if isinstance(pool, Replica) else "Database"
+
+
 def database_unavailable(request: Request, failure: Failure) -> JSONResponse:
+    pool = pool_used(request)
     logger.warning(
-        "Database unavailable for %s %s: %s", request.method, request.url.path, failure.detail
-    )
+        "%s unavailable for %s %s: %s",
+        label(pool), request.method, request.url.path, failure.detail,
+    )  # fmt: skip
     if failure.connect:
-        database: Database = request.app.state.database
-        database.admission.note_unreachable(failure)
+        pool.admission.note_unreachable(failure)
     return error_response(503, "database_unavailable", client_detail(failure))
 
 
@@ -80,11 +92,11 @@ async def unreachable(request: Request, error: Exception) -> JSONResponse:
 
 
 async def pool_busy(request: Request, error: Exception) -> JSONResponse:
-    database: Database = request.app.state.database
+    pool = pool_used(request)
     logger.warning(
-        "Database pool busy, %s %s got no connection within %g s: %s",
-        request.method, request.url.path, database.settings.pool_timeout,
-        database.pool_status(),
+        "%s pool busy, %s %s got no connection within %g s: %s",
+        label(pool), request.method, request.url.path, pool.admission.timeout,
+        pool.pool_status(),
     )  # fmt: skip
     return error_response(503, "database_busy", "The database pool is busy; retry shortly.")
 
@@ -106,8 +118,7 @@ async def dbapi_error(request: Request, error: Exception) -> JSONResponse:
     if sqlstate(error) == QUERY_CANCELED:
         logger.warning("Statement timeout on %s %s", request.method, request.url.path)
         return error_response(504, "statement_timeout", "The database query took too long.")
-    database: Database = request.app.state.database
-    failure = unavailability(error, database.url)
+    failure = unavailability(error, pool_used(request).url)
     if failure is None:
         raise error  # a bug, not an outage: a 500 with its traceback in the log
     return database_unavailable(request, failure)
@@ -118,8 +129,8 @@ async def os_error(request: Request, error: Exception) -> JSONResponse:
     OSErrors."""
     if not raised_by_database_driver(error):
         raise error
-    database: Database = request.app.state.database
-    failure = name_failure(error, database.url) or Failure("connection failure", describe(error))
+    url = pool_used(request).url
+    failure = name_failure(error, url) or Failure("connection failure", describe(error))
     return database_unavailable(request, failure)
 
 

@@ -39,13 +39,13 @@ from prometheus_client import (
     multiprocess,
 )
 from sqlalchemy import event
-from sqlalchemy.engine import URL
 from sqlalchemy.pool import ConnectionPoolEntry, NullPool, QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .database import Database
 from .pool import LingeringOverflowPool
-from .pool_status import pool_capacity
+from .pool_status import pool_capacity, pool_name
+from .replicas import Replica
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -119,23 +119,16 @@ REQUEST_DURATION = Histogram(
 )
 
 
-def pool_name(url: URL) -> str:
-    """``host:port/database``, as OpenTelemetry names a pool that has no name; for SQLite,
-    the database file (``:memory:`` for an in-memory one)."""
-    if url.get_backend_name() == "sqlite":
-        return url.database or ":memory:"
-    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
-
-
 class PoolMetrics:
-    """One process's pool, measured: from its events and from admission.py's queue.
+    """One process's pool, the primary's or a replica's, measured: from its events and
+    from admission.py's queue.
 
     ``used`` counts the connections checked out now, ``idle`` the others that are open;
     both are kept from SQLAlchemy's pool events, since in multiprocess mode each worker
     must write its own numbers as they change (nothing reads a pool at scrape time).
     """
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database | Replica) -> None:
         name = pool_name(database.url)
         self._used = CONNECTIONS.labels(name, "used")
         self._idle = CONNECTIONS.labels(name, "idle")

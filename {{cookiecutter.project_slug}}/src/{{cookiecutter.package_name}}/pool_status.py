@@ -5,6 +5,7 @@ waiting for a connection (admission.py), and connections opened without a pool (
 """
 
 from sqlalchemy import event
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import Pool, QueuePool
 
@@ -53,3 +54,18 @@ def pool_status(pool: Pool, connections: ConnectionCounter, waiting: int) -> dic
         "max_overflow": pool._max_overflow,  # no public accessor
         "waiting": waiting,
     }
+
+
+def pool_name(url: URL) -> str:
+    """The pool's name in logs, ``/health/db`` and metrics: ``host:port/database``, as
+    OpenTelemetry names a pool that has no name of its own (several hosts of a failover
+    URL joined by commas); for SQLite, the database file (``:memory:`` for none)."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    hosts = url.query.get("host")
+    if hosts and not url.host:  # ?host=a:5432&host=b:5432
+        listed = [hosts] if isinstance(hosts, str) else list(hosts)
+        server = ",".join(host if ":" in host else f"{host}:{url.port or 5432}" for host in listed)
+    else:
+        server = f"{url.host or 'localhost'}:{url.port or 5432}"
+    return f"{server}/{url.database}"

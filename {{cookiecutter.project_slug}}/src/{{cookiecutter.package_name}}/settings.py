@@ -4,16 +4,24 @@ Each field can be overridden by an environment variable of the same name in uppe
 (``DATABASE_URL``, ``POOL_SIZE``, ...); the defaults are the answers given at bake time.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 {% if cookiecutter.metrics -%}
 from dotenv import dotenv_values
 {% endif -%}
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -33,6 +41,8 @@ MAX_SECONDS = 7 * 24 * 3600
 SUPPORTED_URLS = (
     "postgresql+asyncpg://user:password@host:5432/dbname or sqlite+aiosqlite:///./app.db"
 )
+# REPLICA_URLS as an environment variable or a line of .env.
+REPLICA_URLS_FORM = """REPLICA_URLS='["postgresql://user:password@replica-1:5432/dbname"]'"""
 
 # Names the settings file to read instead of the project's .env, for deployments.
 ENV_FILE_VARIABLE = "ENV_FILE"
@@ -99,6 +109,51 @@ def anchor_relative_paths(url: URL, project: Path | None) -> URL:
     return url.update_query_dict(changed) if changed else url
 
 
+def use_async_driver(value: SecretStr) -> SecretStr:
+    """Accept the URL forms people paste (postgres://, libpq's parameters) for the async
+    drivers; refuse, one line each, what asyncpg could not connect with.
+
+    The messages never quote the URL: it may hold the password.
+    """
+    try:
+        url = make_url(value.get_secret_value())
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL; accepted: {SUPPORTED_URLS}") from None
+    driver = ASYNC_DRIVERS.get(url.drivername.split("+")[0])
+    if driver is None:
+        unsupported = f"the database {url.drivername!r} is not supported"
+        raise ValueError(f"{unsupported}; accepted: {SUPPORTED_URLS}")
+    if "@" in (url.host or ""):
+        raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if driver.startswith("sqlite") and (url.host or url.username or url.port):
+        raise ValueError("a SQLite URL names no host: sqlite+aiosqlite:///path/to/app.db")
+    anchored = anchor_relative_paths(url, project_dir())
+    if driver.startswith("postgresql"):
+        # Each parameter asyncpg cannot be given, and each file it could not read.
+        parameters = read_parameters(anchored.query)
+        passfile = parameters.connect_args.get("passfile")
+        problems = parameters.problems or file_problems(parameters.tls, passfile)
+        if problems:
+            raise ValueError("\n".join(problems))
+    if driver == url.drivername and anchored is url:
+        return value  # as given: re-rendering would percent-encode it anew
+    return SecretStr(anchored.set(drivername=driver).render_as_string(hide_password=False))
+
+
+def replica_server(value: SecretStr) -> SecretStr:
+    """A read replica is a PostgreSQL server: SQLite has none."""
+    if not value.get_secret_value().startswith("postgresql"):
+        raise ValueError("a read replica must be a PostgreSQL server (postgresql://...)")
+    return value
+
+
+# A database URL, checked; the replicas' URLs are PostgreSQL's too.
+DatabaseUrl = Annotated[SecretStr, AfterValidator(use_async_driver)]
+ReplicaUrl = Annotated[SecretStr, AfterValidator(use_async_driver), AfterValidator(replica_server)]
+
+
 class Settings(BaseSettings):
     # The file is found when this module is imported, from ENV_FILE or the package's place.
     model_config = SettingsConfigDict(
@@ -110,7 +165,7 @@ class Settings(BaseSettings):
     )
 
     # A secret so that repr(), logs and validation errors never show the password.
-    database_url: SecretStr = SecretStr(
+    database_url: DatabaseUrl = SecretStr(
         {{ cookiecutter.database_url | database_url_with_placeholder | python_string }},
     )
     # Connections the pool keeps open (0 would mean "no limit" to SQLAlchemy: at least 1).
@@ -149,45 +204,43 @@ class Settings(BaseSettings):
     # "null": no pooling in the app, a new connection per request (SQLAlchemy's NullPool),
     # to measure what the pool buys, or behind a pooler that should hold every connection.
     pool_class: Literal["queue", "null"] = "queue"
+    # PostgreSQL streaming replicas for reads, as a JSON list of URLs (pydantic-settings'
+    # form for a list): REPLICA_URLS='["postgresql://app:pw@replica-1:5432/app"]'. Each gets
+    # a pool sized like the primary's; ReadSessionDep reads from them (replicas.py).
+    replica_urls: Annotated[list[ReplicaUrl], NoDecode] = Field(default_factory=list, max_length=64)
+    # Seconds a replica may lag behind the primary before reads leave it out until it has
+    # caught up.
+    replica_max_lag: float = Field(default=5.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
+    # Seconds between two checks of each replica: reachable, and how far behind.
+    replica_check_interval: float = Field(default=1.0, gt=0, le=3600, allow_inf_nan=False)
 {%- if cookiecutter.metrics %}
     # Prometheus metrics at /metrics, the pool's and the requests' (metrics.py); false: no
     # /metrics route, and prometheus_client is not even imported.
     metrics: bool = True
 {%- endif %}
 
-    @field_validator("database_url")
+    @field_validator("replica_urls", mode="before")
     @classmethod
-    def use_async_driver(cls, value: SecretStr) -> SecretStr:
-        """Accept the URL forms people paste (postgres://, libpq's parameters) for the
-        async drivers; refuse, one line each, what asyncpg could not connect with.
-
-        The messages never quote the URL: it may hold the password.
-        """
+    def json_list(cls, value: object) -> object:
+        """The JSON list REPLICA_URLS holds, read here (NoDecode) to refuse in one line what
+        is not one: a bare URL, a comma-separated list. Empty: no replicas."""
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return []
         try:
-            url = make_url(value.get_secret_value())
-        except (ArgumentError, ValueError):
-            raise ValueError(f"not a database URL; accepted: {SUPPORTED_URLS}") from None
-        driver = ASYNC_DRIVERS.get(url.drivername.split("+")[0])
-        if driver is None:
-            unsupported = f"the database {url.drivername!r} is not supported"
-            raise ValueError(f"{unsupported}; accepted: {SUPPORTED_URLS}")
-        if "@" in (url.host or ""):
-            raise ValueError("the password holds an unencoded '@'; percent-encode it as %40")
-        if url.port is not None and not 1 <= url.port <= 65535:
-            raise ValueError("the port must be a number from 1 to 65535")
-        if driver.startswith("sqlite") and (url.host or url.username or url.port):
-            raise ValueError("a SQLite URL names no host: sqlite+aiosqlite:///path/to/app.db")
-        anchored = anchor_relative_paths(url, project_dir())
-        if driver.startswith("postgresql"):
-            # Each parameter asyncpg cannot be given, and each file it could not read.
-            parameters = read_parameters(anchored.query)
-            passfile = parameters.connect_args.get("passfile")
-            problems = parameters.problems or file_problems(parameters.tls, passfile)
-            if problems:
-                raise ValueError("\n".join(problems))
-        if driver == url.drivername and anchored is url:
-            return value  # as given: re-rendering would percent-encode it anew
-        return SecretStr(anchored.set(drivername=driver).render_as_string(hide_password=False))
+            urls = json.loads(value)
+        except ValueError:
+            urls = None
+        if not isinstance(urls, list):
+            raise ValueError(f"not a JSON list of URLs; write {REPLICA_URLS_FORM}")
+        return urls
+
+    @model_validator(mode="after")
+    def replicas_need_postgresql(self) -> "Settings":
+        if self.replica_urls and not self.database_url.get_secret_value().startswith("postgresql"):
+            raise ValueError("REPLICA_URLS: read replicas need DATABASE_URL to be PostgreSQL")
+        return self
 
 
 def load_settings() -> Settings:
@@ -198,10 +251,16 @@ def load_settings() -> Settings:
         read = Settings.model_config.get("env_file") or "no settings file"
         lines = [f"Invalid settings (environment variables, {read}, or settings.py's defaults):"]
         for problem in error.errors():
-            name = str(problem["loc"][0]).upper()
-            # The URL is never shown: it may hold the password.
-            shown = name if name == "DATABASE_URL" else f"{name}={problem['input']!r}"
             message = problem["msg"].removeprefix("Value error, ")
+            if not problem["loc"]:  # a rule across settings: its message names them
+                lines += message.splitlines()
+                continue
+            name = str(problem["loc"][0]).upper()
+            if len(problem["loc"]) > 1:
+                name += f"[{problem['loc'][1]}]"  # a list's item: REPLICA_URLS[0]
+            # A URL is never shown: it may hold the password.
+            url = name.startswith(("DATABASE_URL", "REPLICA_URLS"))
+            shown = name if url else f"{name}={problem['input']!r}"
             lines += [f"{shown}: {line}" for line in message.splitlines()]
         sys.exit("\n".join(lines))
 

@@ -8,6 +8,10 @@ pool's numbers. When every connection is in use it answers at once, 200 with sta
 load would take every replica out of rotation together. When the database cannot be
 used, it answers 503 with ``Retry-After`` and names why in ``detail``: "connection
 refused", "authentication failed", "unknown database", ... (connection_failures.py).
+
+With read replicas, ``replicas`` reports each one's pool and state, as its last check
+found it (replicas.py). When the primary cannot be used but a replica can, the answer is
+200 with status "degraded": reads go on, writes get 503s.
 """
 
 import logging
@@ -33,12 +37,24 @@ class PoolStatus(BaseModel):
     waiting: int
 
 
+class ReplicaHealth(BaseModel):
+    pool_name: str
+    # "ok"; "lagging" or "down": left out of reads until it is back; "starting": not
+    # checked yet.
+    status: str
+    lag_seconds: float | None
+    pool: PoolStatus
+    detail: str | None = None
+
+
 class DatabaseHealth(BaseModel):
     status: str
     dialect: str
     driver: str
+    pool_name: str
     pool: PoolStatus
     detail: str | None = None
+    replicas: list[ReplicaHealth] = []
 
 
 @router.get("")
@@ -63,6 +79,10 @@ async def readiness(request: Request) -> DatabaseHealth | JSONResponse:
         # or server as well.
         failure = diagnose(error, database.url)
         logger.warning("Database %s is unreachable: %s", database.url, failure.detail)
+        if any(replica.usable for replica in database.replicas):
+            # Reads go on from the replicas: keep this instance in rotation for them.
+            detail = f"primary: {failure.kind}; reads are served by the replicas"
+            return health_report(database, "degraded", detail)
         return unavailable(database, "unavailable", failure.kind)
     return health_report(database, "ok")
 
@@ -81,6 +101,17 @@ def health_report(database: Database, state: str, detail: str | None = None) -> 
         status=state,
         dialect=database.url.get_backend_name(),
         driver=database.url.get_driver_name(),
+        pool_name=database.name,
         pool=PoolStatus(**database.pool_status()),
         detail=detail,
+        replicas=[
+            ReplicaHealth(
+                pool_name=replica.name,
+                status=replica.state,
+                lag_seconds=replica.lag,
+                pool=PoolStatus(**replica.pool_status()),
+                detail=replica.detail,
+            )
+            for replica in database.replicas
+        ],
     )
