@@ -211,6 +211,91 @@ def test_bad_database_url_stops_the_app_without_showing_it(
     assert "ter2" not in message
 
 
+@pytest.mark.parametrize(
+    ("replica_urls", "expected"),
+    [
+        (
+            "postgresql://app:hunter2@replica/app",
+            [
+                "REPLICA_URLS: not a JSON list of URLs; write "
+                """REPLICA_URLS='["postgresql://user:password@replica-1:5432/dbname"]'"""
+            ],
+        ),
+        (
+            "postgresql://app:hunter2@r1/app,postgresql://app:hunter2@r2/app",
+            ["REPLICA_URLS: not a JSON list of URLs; write REPLICA_URLS='["],
+        ),
+        (
+            '["postgresql://app:hunter2@r1:99999/app", "mysql://app:hunter2@r2/app"]',
+            [
+                "REPLICA_URLS[0]: the port must be a number from 1 to 65535",
+                "REPLICA_URLS[1]: the database 'mysql' is not supported; accepted: ",
+            ],
+        ),
+        (
+            '["sqlite+aiosqlite:///replica.db"]',
+            ["REPLICA_URLS[0]: a read replica must be a PostgreSQL server (postgresql://...)"],
+        ),
+        (
+            '["postgresql://app:hunter2@r1/app?password=hunter2"]',
+            ["REPLICA_URLS[0]: password: it would be written wherever the URL goes"],
+        ),
+    ],
+    ids=["a-bare-url", "comma-separated", "bad-port-and-driver", "sqlite", "password-parameter"],
+)
+def test_bad_replica_urls_stop_the_app_with_one_line_each_without_showing_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, replica_urls: str, expected: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app:hunter2@primary/app")
+    monkeypatch.setenv("REPLICA_URLS", replica_urls)
+
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+
+    lines = str(stopped.value.code).splitlines()
+    assert lines[0].startswith("Invalid settings")
+    assert len(lines) == len(expected) + 1, lines
+    for line, start in zip(lines[1:], expected, strict=True):
+        assert line.startswith(start), line
+    assert "hunter2" not in str(stopped.value.code)
+
+
+def test_replica_urls_need_a_postgresql_primary(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLICA_URLS", '["postgresql://app@replica/app"]')
+
+    with pytest.raises(SystemExit) as stopped:
+        load_settings_from("sqlite+aiosqlite:///./app.db")
+
+    assert str(stopped.value.code).splitlines()[1:] == [
+        "REPLICA_URLS: read replicas need DATABASE_URL to be PostgreSQL"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("replica_urls", "count"),
+    [("", 0), ("[]", 0), ('["postgres://app:pw@r1/app", "postgresql://app@r2:6432/app"]', 2)],
+)
+def test_replica_urls_are_a_json_list_in_the_async_driver(
+    monkeypatch: pytest.MonkeyPatch, replica_urls: str, count: int
+) -> None:
+    monkeypatch.setenv("REPLICA_URLS", replica_urls)
+
+    settings = load_settings_from("postgresql://app@primary/app")
+
+    urls = [url.get_secret_value() for url in settings.replica_urls]
+    assert len(urls) == count
+    assert all(url.startswith("postgresql+asyncpg://") for url in urls)
+
+
+def load_settings_from(database_url: str) -> Settings:
+    """``load_settings()`` with this DATABASE_URL and no settings file."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", database_url)
+        patch.setitem(Settings.model_config, "env_file", None)
+        return load_settings()
+
+
 def settings_seen_from(cwd: Path, **environment: str) -> subprocess.CompletedProcess:
     """Import the settings in a process of their own, started in ``cwd``, as uvicorn or
     alembic started there would; it prints the file read and two settings."""

@@ -16,10 +16,15 @@ from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep, SessionDep
 
-from ..support import make_settings, serve
+{% if cookiecutter.metrics -%}
+from ..support import make_settings, requires_postgres, scrape, serve
+{% else -%}
+from ..support import make_settings, requires_postgres, serve
+{% endif -%}
 from .replication import ReplicationCluster, replication_cluster, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# With the other PostgreSQL-only tests: a project tested on SQLite has no use for them.
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, requires_postgres]
 
 # Fast checks, so that the tests see a replica's state change within a fraction of a second.
 CHECK_INTERVAL = 0.1
@@ -237,7 +242,7 @@ async def primary_answers(client: AsyncClient) -> bool:
     return (await client.post("/items", json={"name": "after"})).status_code == 201
 
 
-async def test_health_and_budget_count_every_pool_by_name(
+async def test_health_metrics_and_budget_count_every_pool_by_name(
     cluster: ReplicationCluster, urls: tuple[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     primary_url, replica_url = urls
@@ -245,12 +250,19 @@ async def test_health_and_budget_count_every_pool_by_name(
     # 100 workers x 15 connections exceed each server's max_connections (100 by default).
     async with serve_with_replicas(primary_url, [replica_url], workers=100) as (_, client):
         health = (await client.get("/health/db")).json()
+{%- if cookiecutter.metrics %}
+        samples = await scrape(client)
+{%- endif %}
 
     primary_name = f"127.0.0.1:{cluster.primary.port}/app"
     replica_name = f"127.0.0.1:{cluster.replica.port}/app"
     assert health["pool_name"] == primary_name
     assert [replica["pool_name"] for replica in health["replicas"]] == [replica_name]
     assert set(health["replicas"][0]["pool"]) == set(health["pool"])
+{%- if cookiecutter.metrics %}
+    metered = {dict(labels)["pool_name"] for name, labels in samples if name.startswith("db_")}
+    assert {primary_name, replica_name} <= metered
+{%- endif %}
     budget = [r.getMessage() for r in caplog.records if "Connection budget" in r.getMessage()]
     for name in (primary_name, replica_name):
         assert any(f"exceeded on {name}: WORKERS x" in line for line in budget), budget

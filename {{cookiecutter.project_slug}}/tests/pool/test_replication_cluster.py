@@ -10,10 +10,10 @@ import asyncpg
 import pytest
 from sqlalchemy import text
 
-from ..support import plain_engine
+from ..support import plain_engine, requires_postgres
 from .replication import ReplicationCluster, replication_cluster, wait_until
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, requires_postgres]
 
 
 @pytest.fixture(scope="module")
