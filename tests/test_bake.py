@@ -166,16 +166,21 @@ def test_password_is_only_in_the_git_ignored_env_file(cookies) -> None:
     assert env_file.stat().st_mode & 0o077 == 0, ".env must be readable by its owner only"
 
 
-def test_without_metrics_no_metrics_code_or_dependency_is_left(cookies) -> None:
+def test_without_metrics_no_metrics_or_tracing_code_or_dependency_is_left(cookies) -> None:
     project = bake(cookies, {"metrics": False})
 
     assert not (project / "src" / "my_service" / "metrics.py").exists()
     assert not (project / "tests" / "test_metrics.py").exists()
     assert not (project / "tests" / "pool" / "test_metrics.py").exists()
+    assert not (project / "src" / "my_service" / "tracing.py").exists()
+    assert not (project / "tests" / "test_tracing.py").exists()
     metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
-    assert not any(dependency.startswith("prometheus") for dependency in metadata["dependencies"])
+    for dependency in metadata["dependencies"]:
+        assert not dependency.startswith(("prometheus", "opentelemetry")), dependency
     for path in (project / "src").rglob("*.py"):
-        assert "metrics" not in path.read_text(encoding="utf-8"), path
+        code = path.read_text(encoding="utf-8")
+        assert "metrics" not in code and "import opentelemetry" not in code, path
+        assert "from opentelemetry" not in code, path
 
 
 def test_without_alembic_no_migration_files_are_left(cookies) -> None:

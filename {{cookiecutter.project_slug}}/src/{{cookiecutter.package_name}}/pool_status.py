@@ -57,7 +57,7 @@ def pool_status(pool: Pool, connections: ConnectionCounter, waiting: int) -> dic
 
 
 def pool_name(url: URL) -> str:
-    """The pool's name in logs, ``/health/db`` and metrics: ``host:port/database``, as
+    """The pool's name in logs and reports (``/health/db``): ``host:port/database``, as
     OpenTelemetry names a pool that has no name of its own (several hosts of a failover
     URL joined by commas); for SQLite, the database file (``:memory:`` for none)."""
     if url.get_backend_name() == "sqlite":
