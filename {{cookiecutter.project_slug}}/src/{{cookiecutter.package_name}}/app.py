@@ -99,7 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     add_error_handlers(app)
     if settings.replica_urls:
+{%- if cookiecutter.metrics %}
         # Inside the metrics and traces: a read run again is one request to them.
+{%- endif %}
         app.add_middleware(ReplicaFallback)
 {%- if cookiecutter.metrics %}
     if metrics is not None:
