@@ -58,7 +58,7 @@ class Replica:
     ``state`` is "starting" until the first check, then "ok", "lagging" or "down";
     ``lag`` is in seconds (None until a check measured it); ``detail`` names why it is
     left out. The attributes ``url``, ``engine`` and ``admission`` are those of
-    ``Database`` too, so that the metrics and the error handlers treat both alike.
+    ``Database`` too, so that the error handlers treat both alike.
     """
 
     def __init__(self, url: URL, settings: Settings, index: int) -> None:
