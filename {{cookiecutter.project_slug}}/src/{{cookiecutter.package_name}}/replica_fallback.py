@@ -37,8 +37,9 @@ class ReplicaFallback:
         if scope["type"] != "http" or scope["method"] not in READ_METHODS:
             await self.app(scope, receive, send)
             return
-        # As the request came: the second run must not see what the first one added.
-        first_scope = dict(scope, state=dict(scope.get("state", {})))
+        # The scope as the request came, for a second run: the first one adds to it (the
+        # route, which the metrics outside read too, and the session taken, in "state").
+        arrived = dict(scope, state=dict(scope.get("state", {})))
         requested: list[Message] = []  # the request's body, to give the second run
         held: list[Message] = []
 
@@ -50,7 +51,7 @@ class ReplicaFallback:
 
         async def send_or_hold(message: Message) -> None:
             if message["type"] == "http.response.start":
-                if replica_could_not_serve(first_scope["state"], message["status"]):
+                if replica_could_not_serve(scope.get("state", {}), message["status"]):
                     held.append(message)
                     return
             elif held:
@@ -58,14 +59,14 @@ class ReplicaFallback:
                 return
             await send(message)
 
-        await self.app(first_scope, receive_and_keep, send_or_hold)
+        await self.app(scope, receive_and_keep, send_or_hold)
         if not held:
             return
-        await self._again_on_the_primary(scope, receive, send, requested, held)
+        await self._again_on_the_primary(arrived, receive, send, requested, held)
 
     async def _again_on_the_primary(
         self,
-        scope: Scope,
+        arrived: Scope,
         receive: Receive,
         send: Send,
         requested: list[Message],
@@ -91,7 +92,7 @@ class ReplicaFallback:
                 return
             await send(message)
 
-        second_scope = dict(scope, state=dict(scope.get("state", {})))
+        second_scope = dict(arrived, state=dict(arrived["state"]))
         second_scope[READ_FROM_PRIMARY] = True
         await self.app(second_scope, receive_again, send_second)
         if primary_failed:

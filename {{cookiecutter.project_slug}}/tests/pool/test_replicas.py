@@ -17,7 +17,7 @@ from sqlalchemy import text
 from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep, SessionDep
 
 {% if cookiecutter.metrics -%}
-from ..support import make_settings, requires_postgres, scrape, serve
+from ..support import make_settings, requires_postgres, sample, scrape, serve
 {% else -%}
 from ..support import make_settings, requires_postgres, serve
 {% endif -%}
@@ -251,6 +251,8 @@ async def test_health_metrics_and_budget_count_every_pool_by_name(
     async with serve_with_replicas(primary_url, [replica_url], workers=100) as (_, client):
         health = (await client.get("/health/db")).json()
 {%- if cookiecutter.metrics %}
+        before = await scrape(client)
+        assert (await client.get("/items/987654321")).status_code == 404  # run twice
         samples = await scrape(client)
 {%- endif %}
 
@@ -262,6 +264,14 @@ async def test_health_metrics_and_budget_count_every_pool_by_name(
 {%- if cookiecutter.metrics %}
     metered = {dict(labels)["pool_name"] for name, labels in samples if name.startswith("db_")}
     assert {primary_name, replica_name} <= metered
+    # A read run again on the primary is one request, under its route.
+    requests = "http_server_request_duration_seconds_count"
+    labels = {
+        "http_request_method": "GET",
+        "http_route": "/items/{item_id}",
+        "http_response_status_code": "404",
+    }
+    assert sample(samples, requests, **labels) - sample(before, requests, **labels) == 1
 {%- endif %}
     budget = [r.getMessage() for r in caplog.records if "Connection budget" in r.getMessage()]
     for name in (primary_name, replica_name):
