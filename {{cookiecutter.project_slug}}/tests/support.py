@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import re
+import shutil
 import signal
 import socket
 import sys
@@ -165,3 +167,25 @@ def sample(samples: dict[tuple[str, frozenset], float], name: str, **labels: str
     """The value of the sample ``name`` with exactly these labels; 0 when there is none."""
     return samples.get((name, frozenset(labels.items())), 0.0)
 {%- endif %}
+
+
+def running_as_root() -> bool:
+    """PostgreSQL refuses to run as root: the tests' own servers then run as "postgres"."""
+    return getattr(os, "geteuid", lambda: -1)() == 0
+
+
+def postgres_bindir(programs: tuple[str, ...] = ("initdb", "pg_ctl")) -> Path | None:
+    """The directory that holds PostgreSQL's ``programs`` (the newest version in
+    /usr/lib/postgresql on Debian and Ubuntu, else the PATH's); None if none does."""
+
+    def version(bindir: Path) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
+
+    found = [path.parent for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
+    for bindir in sorted(found, key=version, reverse=True):
+        if all((bindir / program).exists() for program in programs):
+            return bindir
+    initdb = shutil.which("initdb")
+    if initdb and all(shutil.which(program) for program in programs):
+        return Path(initdb).parent
+    return None

@@ -41,8 +41,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from ..support import free_port
-from .test_connection_failures import running_as_root
+from ..support import free_port, postgres_bindir, running_as_root
 
 # How long one server program (initdb, pg_ctl, pg_basebackup) may take, in seconds.
 PROGRAM_TIMEOUT = 60.0
@@ -61,27 +60,9 @@ LOG_TAIL_CHARS = 3000
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError)
 
 
-def postgres_bindir() -> Path | None:
-    """The directory of PostgreSQL's initdb, pg_ctl and pg_basebackup (the newest
-    version in /usr/lib/postgresql on Debian and Ubuntu, else the PATH's); None if none."""
-    programs = ("initdb", "pg_ctl", "pg_basebackup")
-
-    def version(bindir: Path) -> tuple[int, ...]:
-        return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
-
-    found = [path.parent for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")]
-    for bindir in sorted(found, key=version, reverse=True):
-        if all((bindir / program).exists() for program in programs):
-            return bindir
-    initdb = shutil.which("initdb")
-    if initdb and all(shutil.which(program) for program in programs):
-        return Path(initdb).parent
-    return None
-
-
 def skip_unless_servers_can_be_started() -> Path:
     """The bindir of postgres_bindir(); a skip, saying why, where there is none."""
-    bindir = postgres_bindir()
+    bindir = postgres_bindir(("initdb", "pg_ctl", "pg_basebackup"))
     if os.name != "posix" or bindir is None:
         pytest.skip("needs PostgreSQL's initdb, pg_ctl and pg_basebackup: starts servers")
     if running_as_root() and not shutil.which("runuser"):

@@ -25,7 +25,14 @@ from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }}.connection_failures import name_failure
 
-from ..support import free_port, make_settings, requires_postgres, serve
+from ..support import (
+    free_port,
+    make_settings,
+    postgres_bindir,
+    requires_postgres,
+    running_as_root,
+    serve,
+)
 from .test_trouble import SilentServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -104,17 +111,12 @@ class OwnServer:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def running_as_root() -> bool:
-    return getattr(os, "geteuid", lambda: -1)() == 0
-
-
 def own_server() -> OwnServer:
     """An OwnServer, started; a skip, saying why, where one cannot be started."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))  # Debian, Ubuntu
-    initdb = found[-1] if found else shutil.which("initdb")
-    if os.name != "posix" or initdb is None or (running_as_root() and not shutil.which("runuser")):
+    bindir = postgres_bindir()
+    if os.name != "posix" or bindir is None or (running_as_root() and not shutil.which("runuser")):
         pytest.skip("needs PostgreSQL's initdb (and runuser, as root): starts a server of its own")
-    server = OwnServer(Path(initdb).parent)
+    server = OwnServer(bindir)
     try:
         server.start()
     except BaseException:
