@@ -103,7 +103,7 @@ class Replica:
                 )  # fmt: skip
             elif state == "lagging":
                 logger.warning(
-                    "Read replica %s lags %s: reads go to the other replicas or the primary "
+                    "Read replica %s is %s: reads go to the other replicas or the primary "
                     "until it has caught up", self.url, detail,
                 )  # fmt: skip
         self.state = state
