@@ -80,6 +80,10 @@ class Admission:
         self._fail_fast_until = time.monotonic() + FAIL_FAST_SECONDS
         self._last_failure = failure
 
+    def note_reachable(self) -> None:
+        """Called when a connect succeeded elsewhere (a replica's check): no failing fast."""
+        self._fail_fast_until = 0.0
+
     def raise_if_recently_unreachable(self) -> None:
         if time.monotonic() < self._fail_fast_until:
             raise DatabaseUnreachableError(self._last_failure)

@@ -18,12 +18,17 @@ SERVER_LIMITS = text(
 
 
 async def warn_if_over_budget(
-    connection: AsyncConnection, settings: Settings, pools: int = 1, server: str = "the server"
+    connection: AsyncConnection,
+    settings: Settings,
+    pools: int = 1,
+    server: str = "the server",
+    with_replica_checks: bool = False,
 ) -> None:
     """Log a warning when the pools that reach the server of ``connection`` could open
     more connections than it allows: ``pools`` pools in each of WORKERS processes (the
     primary's, and a replica's whose URL names the same host and port), each of up to
-    POOL_SIZE + MAX_OVERFLOW connections. ``server`` names it in the warning."""
+    POOL_SIZE + MAX_OVERFLOW connections, and, ``with_replica_checks``, one more per pool
+    for the replica checks (replicas.py). ``server`` names it in the warning."""
     if connection.dialect.name != "postgresql":
         return
     if settings.connection_pooler == "pgbouncer":
@@ -38,10 +43,14 @@ async def warn_if_over_budget(
             max_connections, available, settings.workers,
         )  # fmt: skip
         return
-    needed = pools * settings.workers * (settings.pool_size + settings.max_overflow)
+    checks = 1 if with_replica_checks else 0
+    needed = pools * settings.workers * (settings.pool_size + settings.max_overflow + checks)
     if needed > available:
         formula = "WORKERS x (POOL_SIZE + MAX_OVERFLOW)"
         numbers = f"{settings.workers} x ({settings.pool_size} + {settings.max_overflow})"
+        if checks:
+            formula = "WORKERS x (POOL_SIZE + MAX_OVERFLOW + 1 for the replica checks)"
+            numbers = numbers.removesuffix(")") + " + 1)"
         if pools > 1:  # the primary's pool and replicas' on one server
             formula, numbers = f"pools x {formula}", f"{pools} x {numbers}"
         logger.warning(

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -67,10 +67,9 @@ class Database:
             info={RETRY_READS: with_pre_ping},
         )
         self.connections = ConnectionCounter(self.engine)
-        event.listen(self.engine.sync_engine, "invalidate", log_invalidation)
         self.name = pool_name(self.url)
         urls = [url.get_secret_value() for url in settings.replica_urls]
-        self.replicas = Replicas(urls, settings, self.name)
+        self.replicas = Replicas(self.url, urls, settings)
 
     def pool_status(self) -> dict[str, int]:
         """The pool's numbers right now (pool_status.py)."""
@@ -91,7 +90,9 @@ class Database:
                 if not self.schema_ready:
                     await create_schema(connection, self.metadata)
                     pools = self.replicas.pools_on(self.name)
-                    await warn_if_over_budget(connection, self.settings, pools, self.name)
+                    await warn_if_over_budget(
+                        connection, self.settings, pools, self.name, bool(self.replicas)
+                    )
                     self.schema_ready = True
 
     @asynccontextmanager
@@ -134,9 +135,3 @@ class Database:
         await self.replicas.dispose()
         await self.read_engine.dispose()
         logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)
-
-
-def log_invalidation(_: object, __: object, error: BaseException | None) -> None:
-    # A dropped connection (server restart, failover, idle reaping) is replaced.
-    reason = type(error).__name__ if error is not None else "invalidated"
-    logger.warning("A pooled database connection was discarded: %s", reason)

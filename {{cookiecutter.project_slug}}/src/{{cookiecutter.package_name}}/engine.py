@@ -63,6 +63,7 @@ def create_engines(url: URL, settings: Settings, setting: str = "DATABASE_URL") 
     transaction_engine.update_execution_options(
         isolation_level=TRANSACTION_ISOLATION[url.get_backend_name()]
     )
+    event.listen(read_engine.sync_engine, "invalidate", InvalidationLog(setting))
     if url.get_backend_name() == "sqlite":
         event.listen(read_engine.sync_engine, "connect", enforce_sqlite_foreign_keys)
     if is_sqlite_file(url):
@@ -145,6 +146,18 @@ def connect_args(url: URL, settings: Settings) -> dict[str, Any]:
         # The server cancels a statement past it, and the connection stays usable.
         server_settings["statement_timeout"] = str(int(settings.statement_timeout * 1000))
     return args | {"server_settings": server_settings}
+
+
+class InvalidationLog:
+    """A pool's "invalidate" listener: a dropped connection (server restart, failover, idle
+    reaping) is logged, naming the pool's setting unless it is DATABASE_URL's."""
+
+    def __init__(self, setting: str) -> None:
+        self.pool = "" if setting == "DATABASE_URL" else f" of {setting}"
+
+    def __call__(self, _: object, __: object, error: BaseException | None) -> None:
+        reason = type(error).__name__ if error is not None else "invalidated"
+        logger.warning("A pooled database connection%s was discarded: %s", self.pool, reason)
 
 
 def is_sqlite_file(url: URL) -> bool:

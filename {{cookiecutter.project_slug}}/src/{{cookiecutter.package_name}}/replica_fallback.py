@@ -11,8 +11,9 @@ and sends the primary's answer instead; when the primary fails too, a held 404 i
 as it was.
 
 It runs again only ``GET`` and ``HEAD`` requests whose read session was on a replica,
-and only when they answered 404, or 5xx after a database error on the replica: such a
-request only reads (``ReadSessionDep`` refuses to write), so running it twice is safe.
+and only when they answered 404, or failed (a 5xx, or an error no handler answered)
+after a database error on the replica: such a request only reads (``ReadSessionDep``
+refuses to write), so running it twice is safe.
 Every other response passes straight through, unbuffered. What it costs: a 404 from a
 replica is confirmed on the primary (one more read there).
 """
@@ -59,10 +60,19 @@ class ReplicaFallback:
                 return
             await send(message)
 
-        await self.app(scope, receive_and_keep, send_or_hold)
-        if not held:
+        try:
+            await self.app(scope, receive_and_keep, send_or_hold)
+        except Exception:
+            # An error no handler answered (a table the replica has not replayed yet):
+            # nothing was sent, so the primary may answer instead; if it fails too, its
+            # error goes on (a 500).
+            state = scope.get("state", {})
+            if held or state.get("read_replica") is None or not state.get("replica_failed"):
+                raise
+            await self._again_on_the_primary(arrived, receive, send, requested, held=[])
             return
-        await self._again_on_the_primary(arrived, receive, send, requested, held)
+        if held:
+            await self._again_on_the_primary(arrived, receive, send, requested, held)
 
     async def _again_on_the_primary(
         self,
@@ -80,7 +90,7 @@ class ReplicaFallback:
             return await receive()  # nothing more was sent: wait for the disconnect
 
         primary_failed = False
-        replica_404 = held[0]["status"] == 404
+        replica_404 = bool(held) and held[0]["status"] == 404
         second: list[Message] = []
 
         async def send_second(message: Message) -> None:
