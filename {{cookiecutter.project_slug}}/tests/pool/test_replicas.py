@@ -349,7 +349,8 @@ async def test_health_metrics_and_budget_count_every_pool_by_name(
     primary_url, replica_url = urls
     caplog.set_level(logging.WARNING)
     # 100 workers x 15 connections exceed each server's max_connections (100 by default).
-    async with serve_with_replicas(primary_url, [replica_url], workers=100) as (_, client):
+    sizes = {"workers": 100, "pool_size": 5, "max_overflow": 10}
+    async with serve_with_replicas(primary_url, [replica_url], **sizes) as (_, client):
         health = (await client.get("/health/db")).json()
 {%- if cookiecutter.metrics %}
         before = await scrape(client)
@@ -386,7 +387,8 @@ async def test_a_replica_on_the_primarys_server_counts_in_its_budget(
     caplog.set_level(logging.WARNING)
     # 4 workers x 15 = 60 fit in 100 connections; two pools on one server, each with a
     # connection for the replica checks (2 x 4 x 16 = 128), do not.
-    async with serve_with_replicas(primary_url, [primary_url], workers=4):
+    sizes = {"workers": 4, "pool_size": 5, "max_overflow": 10}  # whatever the bake's defaults
+    async with serve_with_replicas(primary_url, [primary_url], **sizes):
         pass
 
     budget = [r.getMessage() for r in caplog.records if "Connection budget" in r.getMessage()]
