@@ -39,7 +39,7 @@ class ReplicaFallback:
             await self.app(scope, receive, send)
             return
         # The scope as the request came, for a second run: the first one adds to it (the
-        # route, which the metrics outside read too, and the session taken, in "state").
+        # route, which middleware outside reads too, and the session taken, in "state").
         arrived = dict(scope, state=dict(scope.get("state", {})))
         requested: list[Message] = []  # the request's body, to give the second run
         held: list[Message] = []
