@@ -130,8 +130,18 @@ class Database:
             yield
 
     async def dispose(self) -> None:
-        """Close every pooled connection; connections still checked out close on return."""
+        """Close every pooled connection, the replicas' too, all at once; connections still
+        checked out close on return. A server that does not answer holds the shutdown up
+        for CONNECT_TIMEOUT at most: the connections not closed by then are dropped."""
         checked_out = self.pool_status()["checked_out"]
-        await self.replicas.dispose()
-        await self.read_engine.dispose()
+        await self.replicas.stop()
+        engines = [self.read_engine, *self.replicas.engines()]
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                await asyncio.gather(*(engine.dispose() for engine in engines))
+        except TimeoutError:
+            logger.warning(
+                "Closing the database connections took over %g s (a server does not "
+                "answer): the others are dropped", self.settings.connect_timeout,
+            )  # fmt: skip
         logger.info("Database engine disposed (%d connection(s) still checked out)", checked_out)

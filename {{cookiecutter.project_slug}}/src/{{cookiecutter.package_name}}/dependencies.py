@@ -64,7 +64,10 @@ async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
             yield session
             refuse_unsaved_changes(session.sync_session)
     except DATABASE_ERRORS as error:
-        if replica is not None and not isinstance(error, PoolBusyError):
+        # A replica's failure runs the read again on the primary (replica_fallback.py); a
+        # replica merely busy, and still in use, does not pass its load on to the primary.
+        busy = isinstance(error, PoolBusyError) and replica is not None and replica.usable
+        if replica is not None and not busy:
             replica.failed(error)
             request.state.replica_failed = True
         raise

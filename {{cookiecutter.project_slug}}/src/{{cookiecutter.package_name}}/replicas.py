@@ -27,15 +27,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from .admission import Admission
 from .connection_budget import warn_if_over_budget
-from .connection_failures import name_failure
+from .connection_failures import exception_chain, name_failure, sqlstate_of
 from .engine import connect_args, create_engines, engine_url
 from .pool_status import ConnectionCounter, pool_capacity, pool_name, pool_status
 from .pre_ping import RETRY_READS
@@ -49,18 +55,43 @@ ReplicaState = Literal["starting", "ok", "lagging", "down"]
 # The key a request's scope carries when its read must go to the primary
 # (replica_fallback.py runs a read again with it).
 READ_FROM_PRIMARY = "database.read_from_primary"
-# The primary's WAL position, and how far a replica has replayed (NULL on a server that is
-# not in recovery: a primary, which lags nothing), in bytes since the start of the WAL.
-PRIMARY_POSITION = text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
-REPLAYED_POSITION = text("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
+# The primary's WAL position (flushed: a replica can receive nothing further), and how far
+# a server has received and replayed WAL (a server not in recovery is a primary, and lags
+# nothing, whatever it once replayed), in bytes since the start of the WAL.
+PRIMARY_POSITION = text("SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint")
+REPLICA_POSITION = text(
+    "SELECT pg_is_in_recovery(),"
+    " pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint,"
+    " pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint"
+)
+# Which cluster a server belongs to: a replica's is its primary's (superusers and
+# pg_monitor may read it; others are not checked).
+SYSTEM_IDENTIFIER = text("SELECT system_identifier FROM pg_control_system()")
+# Seconds of the primary's positions kept: how far back a lag can be told.
+POSITIONS_KEPT = 3600.0
+# Seconds between two log lines saying that reads a replica failed ran on the primary.
+READ_FAILURE_LOG_INTERVAL = 60.0
+
+
+class ReplicaPosition(NamedTuple):
+    """What a check read on a replica: in recovery, and bytes of WAL replayed and received
+    (None where the server has none to tell)."""
+
+    in_recovery: bool
+    replayed: int | None
+    received: int | None
 
 
 def check_engine(url: URL, settings: Settings) -> AsyncEngine:
     """One connection to the server of ``url``, for the checks alone: it never waits behind
-    requests for a pooled one. Each server then has one more connection per worker."""
+    requests for a pooled one. Each server then has one more connection per worker, named
+    "<application_name> replica check" in pg_stat_activity."""
+    args = connect_args(url, settings)
+    name = args["server_settings"].get("application_name", "")
+    args["server_settings"]["application_name"] = f"{name} replica check".strip()
     return create_async_engine(
         engine_url(url),
-        connect_args=connect_args(url, settings),
+        connect_args=args,
         isolation_level="AUTOCOMMIT",
         hide_parameters=True,
         pool_size=1,
@@ -101,6 +132,8 @@ class Replica:
         self.lag: float | None = None
         self.detail: str | None = "not checked yet"
         self.budget_checked = False
+        self.system_identifier: int | None = None
+        self._next_failure_log = 0.0
 
     @property
     def usable(self) -> bool:
@@ -130,10 +163,20 @@ class Replica:
         self.detail = detail
 
     def failed(self, error: BaseException) -> None:
-        """A read on this replica could not connect: leave it out until a check finds it."""
+        """A read on this replica failed, and runs again on the primary: if it could not
+        connect, leave the replica out until a check finds it back; else say so, at most
+        once a minute (a grant or a table the replica lacks doubles every such read)."""
         failure = name_failure(error, self.url)
         if failure is not None and failure.connect:
             self.mark("down", failure.kind)
+            return
+        now = time.monotonic()
+        if now >= self._next_failure_log:
+            self._next_failure_log = now + READ_FAILURE_LOG_INTERVAL
+            logger.warning(
+                "A read on read replica %s failed (%s): it ran again on the primary",
+                self.url, kind_of(error),
+            )  # fmt: skip
 
 
 class Replicas:
@@ -150,6 +193,7 @@ class Replicas:
         self._primary_check = check_engine(primary_url, settings) if self.replicas else None
         self.positions: deque[tuple[float, int]] = deque()
         self.primary_answers = False
+        self.primary_system_identifier: int | None = None
         self._turn = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
@@ -178,77 +222,108 @@ class Replicas:
                 await self._task
             self._task = None
 
-    async def dispose(self) -> None:
-        await self.stop()
+    def engines(self) -> list[AsyncEngine]:
+        """Every engine of the replicas and of their checks, to dispose of."""
         engines = [replica.engine for replica in self.replicas]
         engines += [replica.check_engine for replica in self.replicas]
-        if self._primary_check is not None:
-            engines.append(self._primary_check)
-        for engine in engines:
-            await engine.dispose()
+        return engines + ([self._primary_check] if self._primary_check is not None else [])
 
     async def _check_forever(self) -> None:
         while True:
-            await self.note_primary_position()
-            await asyncio.gather(*(self.check(replica) for replica in self.replicas))
+            await self.check_all()
             await asyncio.sleep(self.settings.replica_check_interval)
+
+    async def check_all(self) -> None:
+        """One round: the primary's position and every replica's, read at once (a server
+        that does not answer holds up no other), then each replica judged."""
+        found = await asyncio.gather(
+            self.note_primary_position(), *(self.read_position(r) for r in self.replicas)
+        )
+        for replica, position in zip(self.replicas, found[1:], strict=True):
+            if isinstance(position, ReplicaPosition):
+                self.judge(replica, position)
 
     async def note_primary_position(self) -> None:
         """Add the primary's WAL position now to ``positions``; when the primary does not
-        answer, ``primary_answers`` is False and the replicas serve what they have."""
+        answer, ``primary_answers`` is False."""
         assert self._primary_check is not None
         try:
             async with asyncio.timeout(self.settings.connect_timeout + 1):
                 async with self._primary_check.connect() as connection:
                     position = (await connection.execute(PRIMARY_POSITION)).scalar_one()
+                    if self.primary_system_identifier is None:
+                        self.primary_system_identifier = await system_identifier(connection)
         except Exception:  # whatever it is, the primary does not answer
             self.primary_answers = False
             return
         self.primary_answers = True
         now = time.monotonic()
-        self.positions.append((now, position))
-        # A replica further behind than the oldest position kept is lagging all the same.
-        kept = self.settings.replica_max_lag + 2 * self.settings.replica_check_interval + 1
-        while self.positions[0][0] < now - kept:
+        # When the primary was first at a position is what a lag counts from: an idle
+        # primary adds nothing.
+        if not self.positions or self.positions[-1][1] != position:
+            self.positions.append((now, position))
+        while self.positions[0][0] < now - POSITIONS_KEPT:
             self.positions.popleft()
 
-    def lag(self, replayed: int | None) -> float:
-        """Seconds since the primary was at the first position not replayed by a replica
-        that has replayed ``replayed`` bytes of WAL (None: not in recovery, no lag)."""
-        if replayed is None or not self.primary_answers:
-            return 0.0
-        for noted, position in self.positions:
-            if position > replayed:
-                return time.monotonic() - noted
-        return 0.0
-
-    async def check(self, replica: Replica) -> None:
-        """One check of ``replica``: does it answer, and how far behind is it."""
+    async def read_position(self, replica: Replica) -> ReplicaPosition | None:
+        """What ``replica`` has received and replayed; None, and the replica marked down,
+        when it does not answer."""
         try:
             # Bounded: a replica that stopped answering must not hold the checks up.
             async with asyncio.timeout(self.settings.connect_timeout + 1):
                 async with replica.check_engine.connect() as connection:
-                    replayed = (await connection.execute(REPLAYED_POSITION)).scalar_one()
+                    row = (await connection.execute(REPLICA_POSITION)).one()
+                    if replica.system_identifier is None:
+                        replica.system_identifier = await system_identifier(connection)
                     if not replica.budget_checked:
-                        await warn_if_over_budget(
-                            connection,
-                            self.settings,
-                            self.pools_on(replica.name),
-                            replica.name,
-                            with_replica_checks=True,
-                        )
-                        replica.budget_checked = True
+                        await self.check_budget(connection, replica)
         except Exception as error:  # whatever it is, the replica is left out until it passes
             failure = name_failure(error, replica.url)
             replica.mark("down", failure.kind if failure else f"no answer ({type(error).__name__})")
+            return None
+        return ReplicaPosition(*row)
+
+    def judge(self, replica: Replica, position: ReplicaPosition) -> None:
+        """Mark ``replica`` from what its check read: another cluster's server is down for
+        reads, one that lags past REPLICA_MAX_LAG lagging, any other ok."""
+        primary, own = self.primary_system_identifier, replica.system_identifier
+        if primary is not None and own is not None and primary != own:
+            replica.mark("down", "not a replica of the primary (another cluster)")
             return
-        replica.lag = self.lag(replayed)
+        replica.lag = self.lag(position)
         limit = self.settings.replica_max_lag
         if replica.lag > limit:
             replica.mark("lagging", f"{replica.lag:.1f} s behind (REPLICA_MAX_LAG={limit:g})")
         else:
             replica.admission.note_reachable()  # reads need not fail fast any more
             replica.mark("ok")
+
+    def lag(self, position: ReplicaPosition) -> float:
+        """Seconds since the primary was at the first position the replica has not
+        replayed. While the primary does not answer, a replica that has replayed all it
+        received lags nothing: it has all that can be had, and reads must go on."""
+        if not position.in_recovery or position.replayed is None:
+            return 0.0
+        caught_up = position.received is None or position.replayed >= position.received
+        if not self.primary_answers and caught_up:
+            return 0.0
+        for noted, primary_position in self.positions:
+            if primary_position > position.replayed:
+                return time.monotonic() - noted
+        return 0.0
+
+    async def check_budget(self, connection: AsyncConnection, replica: Replica) -> None:
+        """The budget warning for ``replica``'s server, once per server: the primary's
+        check (database.py) covers a server it shares with replicas."""
+        servers = hosts(replica.name)
+        same_server = [other for other in self.replicas if hosts(other.name) & servers]
+        if not hosts(self.primary_name) & servers:
+            pools = self.pools_on(replica.name)
+            await warn_if_over_budget(
+                connection, self.settings, pools, replica.name, with_replica_checks=True
+            )
+        for other in same_server:
+            other.budget_checked = True
 
     def pools_on(self, name: str) -> int:
         """How many of this process's pools reach a server of the pool named ``name``: two
@@ -261,3 +336,18 @@ class Replicas:
 def hosts(name: str) -> set[str]:
     """The host:port pairs of a pool's name (several for a failover URL)."""
     return set(name.rsplit("/", 1)[0].split(","))
+
+
+async def system_identifier(connection: AsyncConnection) -> int | None:
+    """The server's cluster identifier; None where the role may not read it. (The check
+    connections are in autocommit mode: a refused statement leaves nothing to roll back.)"""
+    try:
+        return (await connection.execute(SYSTEM_IDENTIFIER)).scalar_one()
+    except DBAPIError:
+        return None
+
+
+def kind_of(error: BaseException) -> str:
+    """An error's types and SQLSTATE, never its message (which may quote data)."""
+    code = next((code for cause in exception_chain(error) if (code := sqlstate_of(cause))), "")
+    return type(error).__name__ + (f", SQLSTATE {code}" if code else "")

@@ -403,12 +403,13 @@ class ReplicationCluster:
 
     async def replay_lag_seconds(self) -> float:
         """How far, in seconds, the replica's replay is behind, as the replica sees it: 0
-        when it has replayed all the WAL it received, else the seconds since the commit
+        when it has replayed all the WAL it received (or more: after a restart it may have
+        replayed past where its receiver starts again), else the seconds since the commit
         of the last transaction it replayed (``now() - pg_last_xact_replay_timestamp()``;
         the usual measure, which counts from that commit, however long ago, not from
         the first commit not yet replayed). Needs only the replica up."""
         seconds = await self.replica.fetchval(
-            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+            "SELECT CASE WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0 "
             "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
         )
         return float(seconds or 0)

@@ -17,9 +17,16 @@ from sqlalchemy import text
 from {{ cookiecutter.package_name }}.dependencies import ReadSessionDep, SessionDep
 
 {% if cookiecutter.metrics -%}
-from ..support import make_settings, requires_postgres, sample, scrape, serve
+from ..support import (
+    TEST_DATABASE_URL,
+    make_settings,
+    requires_postgres,
+    sample,
+    scrape,
+    serve,
+)
 {% else -%}
-from ..support import make_settings, requires_postgres, serve
+from ..support import TEST_DATABASE_URL, make_settings, requires_postgres, serve
 {% endif -%}
 from .replication import ReplicationCluster, replication_cluster, wait_until
 
@@ -49,9 +56,10 @@ async def urls(cluster: ReplicationCluster) -> tuple[str, str]:
 
 @asynccontextmanager
 async def serve_with_replicas(
-    primary_url: str, replica_urls: list[str], **overrides: object
+    primary_url: str, replica_urls: list[str], wait: bool = True, **overrides: object
 ) -> AsyncIterator[tuple[FastAPI, AsyncClient]]:
-    """The app with replicas, and two routes that say which server answered."""
+    """The app with replicas, and two routes that say which server answered; with
+    ``wait``, once every replica is in use."""
     options = {"replica_check_interval": CHECK_INTERVAL} | overrides
     settings = make_settings(primary_url, replica_urls=replica_urls, **options)
     async with serve(settings) as (app, client):
@@ -66,7 +74,8 @@ async def serve_with_replicas(
             row = (await session.execute(text(SERVER))).one()
             return {"port": row[0], "name": row[1], "replica": row[2]}
 
-        await until_replicas(client, "ok")
+        if wait:
+            await until_replicas(client, "ok")
         yield app, client
 
 
@@ -337,6 +346,63 @@ async def test_with_the_primary_down_reads_go_on_and_writes_get_503(
     assert health.status_code == 200
     assert health.json()["status"] == "degraded"
     assert "reads are served by the replicas" in health.json()["detail"]
+
+
+async def test_with_the_primary_down_a_lagging_replica_stays_out(
+    cluster: ReplicationCluster, urls: tuple[str, str]
+) -> None:
+    """It has received writes it has not replayed: no data is better than wrong data."""
+    primary_url, replica_url = urls
+    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=0.5) as (
+        _,
+        client,
+    ):
+        await cluster.pause_replay()
+        try:
+            item = (await client.post("/items", json={"name": "not replayed"})).json()
+            await until_lagging(client, write=False)
+            await cluster.stop_primary()
+            try:
+                await asyncio.sleep(5 * CHECK_INTERVAL)  # checks that find the primary gone
+                health = (await client.get("/health/db")).json()
+                read = await client.get(f"/items/{item['id']}")
+            finally:
+                await cluster.start_primary(wait=False)
+        finally:
+            await cluster.resume_replay()
+            await cluster.wait_streaming()
+
+    assert health["replicas"][0]["status"] == "lagging"
+    assert read.status_code == 503, read.text  # never a 404 for a stored item
+
+
+async def test_a_server_of_another_cluster_is_not_used_as_a_replica(
+    cluster: ReplicationCluster, urls: tuple[str, str]
+) -> None:
+    primary_url, _ = urls
+    # The tests' own database server: up, but no replica of this primary.
+    async with serve_with_replicas(primary_url, [TEST_DATABASE_URL], wait=False) as (_, client):
+        await until_replicas(client, "down")
+        health = (await client.get("/health/db")).json()
+
+    assert health["replicas"][0]["detail"] == "not a replica of the primary (another cluster)"
+
+
+async def test_the_checks_connections_are_named_and_few(
+    cluster: ReplicationCluster, urls: tuple[str, str]
+) -> None:
+    primary_url, replica_url = urls
+    async with serve_with_replicas(primary_url, [replica_url]):
+        names = {
+            server: await node.fetchval(
+                "SELECT array_agg(application_name) FROM pg_stat_activity"
+                " WHERE application_name LIKE '% replica check'"
+            )
+            for server, node in (("primary", cluster.primary), ("replica", cluster.replica))
+        }
+
+    app = "{{ cookiecutter.package_name }} replica check"
+    assert names == {"primary": [app], "replica": [app]}
 
 
 async def primary_answers(client: AsyncClient) -> bool:
