@@ -1,6 +1,7 @@
 """Traces (tracing.py): spans for requests and SQL statements, sent by OTLP/HTTP to a real
 HTTP server standing in for the OpenTelemetry Collector, which decodes what it receives."""
 
+import json
 import os
 import subprocess
 import sys
@@ -124,20 +125,70 @@ async def test_otel_sdk_disabled_turns_traces_off(
     assert collector.spans == []
 
 
-def import_app(tmp_path: Path, settings_file: str, **variables: str) -> subprocess.CompletedProcess:
-    """Import the app's main module in a new process, with ``settings_file`` as its .env and
-    ``variables`` as its only OTEL_* environment variables."""
+def test_a_tracer_provider_set_up_before_the_app_gets_its_spans(tmp_path: Path) -> None:
+    """As ``opentelemetry-instrument`` or code of yours would set one up: with exporters of
+    its own (here OpenTelemetry's in-memory one), and no OTLP endpoint. In a process of its
+    own: a tracer provider, once set, is the process's for good."""
+    code = f"""
+import asyncio, json
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+import {MAIN}
+
+async def main():
+    app = {MAIN}.app
+    async with LifespanManager(app):
+        transport = ASGITransport(app=app)
+        async with AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/items")).status_code == 200
+
+asyncio.run(main())
+names = set(span.name.split()[0] for span in exporter.get_finished_spans())
+print(json.dumps(sorted(names)))
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=app_environment(tmp_path, "", DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/t.db"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert ran.returncode == 0, ran.stderr
+    # FastAPI's request span and its children, and the SQL statements'.
+    assert {"GET", "SELECT", "fastapi.endpoint"} <= set(json.loads(ran.stdout))
+
+
+def app_environment(tmp_path: Path, settings_file: str, **variables: str) -> dict[str, str]:
+    """This run's environment, with ``settings_file`` as the app's .env, no OTEL_* variable
+    but ``variables``, and an in-memory SQLite database unless they name another."""
     env_file = tmp_path / "settings.env"
     env_file.write_text(settings_file)
-    code = f"import sys, {MAIN}; print(sorted(m for m in sys.modules if m.startswith({OWN!r})))"
     environment = {
         name: value for name, value in os.environ.items() if not name.startswith("OTEL_")
     }
     environment |= {"DATABASE_URL": "sqlite+aiosqlite://", "ENV_FILE": str(env_file)}
+    return environment | variables
+
+
+def import_app(tmp_path: Path, settings_file: str, **variables: str) -> subprocess.CompletedProcess:
+    """Import the app's main module in a new process (see ``app_environment``); it prints
+    the modules of OpenTelemetry's SDK, exporters and instrumentations it loaded."""
+    code = f"import sys, {MAIN}; print(sorted(m for m in sys.modules if m.startswith({OWN!r})))"
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
-        env=environment | variables,
+        env=app_environment(tmp_path, settings_file, **variables),
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 {% if cookiecutter.metrics -%}
 from dotenv import dotenv_values
+from opentelemetry import trace
 {% endif -%}
 from pydantic import (
     AfterValidator,
@@ -294,9 +295,14 @@ def export_opentelemetry_variables() -> None:
 
 
 def tracing_requested() -> bool:
-    """Whether the environment asks for traces: an OTLP endpoint is set and
-    ``OTEL_SDK_DISABLED`` is not ``true`` (OpenTelemetry's rules for these variables)."""
-    disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
-    endpoints = (os.environ.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES)
-    return not disabled and any(endpoints)
+    """Whether the process asks for traces (tracing.py), unless ``OTEL_SDK_DISABLED`` is
+    ``true`` (OpenTelemetry's rules for these variables): an OTLP endpoint is set, or a
+    tracer provider was set up before the app (``opentelemetry-instrument``, your code)."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if any(os.environ.get(name, "").strip() for name in OTLP_ENDPOINT_VARIABLES):
+        return True
+    # OpenTelemetry's API (FastAPI imports it) holds a placeholder until one is set.
+    unset = ("ProxyTracerProvider", "NoOpTracerProvider")
+    return type(trace.get_tracer_provider()).__name__ not in unset
 {%- endif %}

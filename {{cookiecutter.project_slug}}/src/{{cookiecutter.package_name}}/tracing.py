@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -41,6 +42,10 @@ UNTRACED_PATHS = frozenset({"/metrics", "/health"})
 class Tracing:
     """The app's tracer provider, and the SQLAlchemy instrumentation that uses it.
 
+    The provider is the process's own when one was set up before the app (OpenTelemetry's
+    ``trace.set_tracer_provider``, as ``opentelemetry-instrument`` does); else the app's,
+    exporting over OTLP/HTTP.
+
     ``telemetry`` is for ``FastAPI(telemetry=...)``: request spans through this provider.
     ``instrument_engines`` adds the SQL statements of the engines made in the lifespan;
     ``shutdown`` sends what is still buffered and takes the instrumentation off them.
@@ -51,13 +56,20 @@ class Tracing:
 
     def __init__(self, service_name: str) -> None:
         check_exporter_variables()
-        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the project's name.
-        resource = Resource.create()
-        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-            resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-        self.provider = TracerProvider(resource=resource)
-        # The exporter reads the endpoint, headers, timeout and compression itself.
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        configured = trace.get_tracer_provider()
+        # A provider set up before the app (by `opentelemetry-instrument`, or by code of
+        # yours, with exporters of its own) is used as it is: one provider per process.
+        self._own = not isinstance(configured, TracerProvider)
+        if isinstance(configured, TracerProvider):
+            self.provider = configured
+        else:
+            # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the project's name.
+            resource = Resource.create()
+            if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+                resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+            self.provider = TracerProvider(resource=resource)
+            # The exporter reads the endpoint, headers, timeout and compression itself.
+            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.telemetry: TelemetryConfig = {"tracer_provider": self.provider, "exclude": untraced}
         self._sqlalchemy = SQLAlchemyInstrumentor()
 
@@ -74,9 +86,13 @@ class Tracing:
         )
 
     def shutdown(self) -> None:
-        """Send the spans still buffered (the SDK waits up to 30 s) and stop instrumenting."""
+        """Send the spans still buffered (the SDK waits up to 30 s) and stop instrumenting;
+        a provider the app did not make is flushed, not shut down."""
         self._sqlalchemy.uninstrument()
-        self.provider.shutdown()
+        if self._own:
+            self.provider.shutdown()
+        else:
+            self.provider.force_flush()
 
 
 def check_exporter_variables() -> None:
