@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from . import metrics  # here, so that METRICS=false never loads prometheus_client
     tracing = None
     if tracing_requested():
-        from .tracing import Tracing  # here, so that without an endpoint nothing of it loads
+        from .tracing import Tracing  # here: without traces asked for, none of it loads
 
         tracing = Tracing(service_name={{ cookiecutter.project_slug | python_string }})
 {%- endif %}
