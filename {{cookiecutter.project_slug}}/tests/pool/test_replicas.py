@@ -7,7 +7,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 from fastapi import FastAPI
@@ -79,6 +79,14 @@ async def serve_with_replicas(
         yield app, client
 
 
+def serve_on(
+    urls: tuple[str, str], **overrides: object
+) -> AbstractAsyncContextManager[tuple[FastAPI, AsyncClient]]:
+    """``serve_with_replicas`` on the module's primary, with its replica as the one replica."""
+    primary_url, replica_url = urls
+    return serve_with_replicas(primary_url, [replica_url], **overrides)
+
+
 SERVER = "SELECT inet_server_port(), current_setting('application_name'), pg_is_in_recovery()"
 
 
@@ -115,12 +123,8 @@ async def test_reads_go_to_the_replicas_in_turn_and_writes_to_the_primary(
 async def test_a_client_reads_its_own_writes_whatever_the_lag(
     cluster: ReplicationCluster, urls: tuple[str, str]
 ) -> None:
-    primary_url, replica_url = urls
     # A replica far behind, but within the bound: it stays in use for reads.
-    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=600) as (
-        _,
-        client,
-    ):
+    async with serve_on(urls, replica_max_lag=600) as (_, client):
         await cluster.pause_replay()
         try:
             created = [
@@ -146,11 +150,7 @@ async def test_a_client_reads_its_own_writes_whatever_the_lag(
 async def test_a_lagging_replica_is_left_out_until_it_catches_up(
     cluster: ReplicationCluster, urls: tuple[str, str]
 ) -> None:
-    primary_url, replica_url = urls
-    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=0.5) as (
-        _,
-        client,
-    ):
+    async with serve_on(urls, replica_max_lag=0.5) as (_, client):
         await cluster.pause_replay()
         try:
             # Commits the replica receives and does not replay: its lag grows.
@@ -190,12 +190,8 @@ async def test_a_replica_cut_off_from_the_primary_is_left_out_while_it_falls_beh
 ) -> None:
     """Its WAL receiver cannot reach the primary (a broken network path, a lost slot): the
     replica has replayed all it received and believes it lags nothing."""
-    primary_url, replica_url = urls
     conninfo = await cluster.replica.fetchval("SHOW primary_conninfo")
-    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=0.5) as (
-        _,
-        client,
-    ):
+    async with serve_on(urls, replica_max_lag=0.5) as (_, client):
         await cluster.replica.execute(
             "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1 user=postgres'",
             "SELECT pg_reload_conf()",
@@ -245,11 +241,7 @@ async def test_a_table_the_replica_has_not_replayed_yet_is_read_on_the_primary(
     cluster: ReplicationCluster, urls: tuple[str, str]
 ) -> None:
     """A migration applied a moment ago: the replica does not have the table yet."""
-    primary_url, replica_url = urls
-    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=600) as (
-        app,
-        client,
-    ):
+    async with serve_on(urls, replica_max_lag=600) as (app, client):
 
         @app.get("/fresh")
         async def fresh(session: ReadSessionDep) -> dict[str, int]:
@@ -352,11 +344,7 @@ async def test_with_the_primary_down_a_lagging_replica_stays_out(
     cluster: ReplicationCluster, urls: tuple[str, str]
 ) -> None:
     """It has received writes it has not replayed: no data is better than wrong data."""
-    primary_url, replica_url = urls
-    async with serve_with_replicas(primary_url, [replica_url], replica_max_lag=0.5) as (
-        _,
-        client,
-    ):
+    async with serve_on(urls, replica_max_lag=0.5) as (_, client):
         await cluster.pause_replay()
         try:
             item = (await client.post("/items", json={"name": "not replayed"})).json()
